@@ -1,0 +1,271 @@
+"""Commit-log record: the one byte layout every message is stored in.
+
+Layout (all integers little-endian; documented again in docs/STORAGE_FORMAT.md)::
+
+    offset size  field
+    0      4     magic               b"HMR1"
+    4      4     total_size          bytes of the whole record, this header included
+    8      4     crc32c              CRC32C (Castagnoli) of bytes [12, total_size)
+    12     4     flags               opaque to the store (the broker's message type bits)
+    16     4     queue_id            queue within the topic
+    20     8     queue_offset        index of this record in its (topic, queue_id) consume queue
+    28     8     physical_offset     offset of this record in the whole log (its own address)
+    36     8     born_timestamp_ms   when the producer made it
+    44     8     store_timestamp_ms  when the store appended it
+    52     2     topic_length
+    54     2     message_id_length
+    56     2     tag_length
+    58     2     keys_length
+    60     4     properties_length
+    64     4     body_length
+    68     ...   topic | message_id | tag | keys | properties | body   (UTF-8 text, raw body)
+
+``keys`` are joined with 0x1F; ``properties`` are ``name 0x1F value`` pairs joined with 0x1E. Those
+two bytes are therefore refused inside keys, property names and values.
+
+The record carries its own physical offset so that a reader (and recovery looking for the next
+valid record after damage) can tell a real record from bytes that merely look like one.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import crc32c
+
+from homing.store.errors import InvalidRecordError
+
+__all__ = [
+    "HEADER",
+    "HEADER_SIZE",
+    "MAGIC",
+    "MAX_BODY_BYTES",
+    "MAX_RECORD_BYTES",
+    "NewRecord",
+    "RecordDefect",
+    "StoredRecord",
+    "decode_record",
+    "encode_record",
+    "read_frame",
+]
+
+MAGIC = b"HMR1"
+MAGIC_INT = int.from_bytes(MAGIC, "little")
+HEADER = struct.Struct("<IIIIIQQQQHHHHII")
+HEADER_SIZE = HEADER.size  # 68
+assert HEADER_SIZE == 68
+_FRAME = struct.Struct("<III")  # magic, total_size, crc32c
+_HEADER_TAIL = struct.Struct("<IIQQQQHHHHII")  # everything the checksum covers in the header
+_HAS_TAG = 1 << 31
+
+# Limits, explicit. The broker enforces a smaller body limit (4 MiB by default); these are the
+# format's own ceilings, so that a damaged length field can never make a reader allocate gigabytes.
+MAX_BODY_BYTES = 64 * 1024 * 1024
+MAX_TEXT_BYTES = 0xFFFF
+MAX_PROPERTIES_BYTES = 1024 * 1024
+MAX_RECORD_BYTES = HEADER_SIZE + 4 * MAX_TEXT_BYTES + MAX_PROPERTIES_BYTES + MAX_BODY_BYTES
+
+_KEY_SEPARATOR = "\x1f"
+_PAIR_SEPARATOR = "\x1e"
+_RESERVED = (_KEY_SEPARATOR, _PAIR_SEPARATOR)
+
+
+@dataclass(frozen=True, slots=True)
+class NewRecord:
+    """What a caller asks the store to append. The store assigns offsets and the store time."""
+
+    topic: str
+    queue_id: int
+    body: bytes
+    message_id: str = ""
+    tag: str | None = None
+    keys: Sequence[str] = ()
+    properties: Mapping[str, str] = field(default_factory=dict)
+    flags: int = 0
+    born_timestamp_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRecord:
+    topic: str
+    queue_id: int
+    queue_offset: int
+    physical_offset: int
+    size: int
+    flags: int
+    born_timestamp_ms: int
+    store_timestamp_ms: int
+    message_id: str
+    tag: str | None
+    keys: tuple[str, ...]
+    properties: dict[str, str]
+    body: bytes
+
+
+class RecordDefect(Exception):
+    """Bytes at a position are not a valid record; ``reason`` says why (used by readers and recovery)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _text(value: str, what: str) -> bytes:
+    encoded = value.encode("utf-8")
+    if len(encoded) > MAX_TEXT_BYTES:
+        raise InvalidRecordError(f"{what} is {len(encoded)} bytes; at most {MAX_TEXT_BYTES} allowed")
+    return encoded
+
+
+def _check_reserved(value: str, what: str) -> None:
+    for reserved in _RESERVED:
+        if reserved in value:
+            raise InvalidRecordError(f"{what} contains the reserved byte 0x{ord(reserved):02X}")
+
+
+def encode_properties(properties: Mapping[str, str]) -> bytes:
+    for name, value in properties.items():
+        _check_reserved(name, f"property name {name!r}")
+        _check_reserved(value, f"property {name!r}")
+    encoded = _PAIR_SEPARATOR.join(f"{k}{_KEY_SEPARATOR}{v}" for k, v in properties.items()).encode()
+    if len(encoded) > MAX_PROPERTIES_BYTES:
+        raise InvalidRecordError(f"properties are {len(encoded)} bytes; at most {MAX_PROPERTIES_BYTES}")
+    return encoded
+
+
+def encode_record(
+    record: NewRecord, queue_offset: int, physical_offset: int, store_timestamp_ms: int
+) -> bytes:
+    """The record's bytes, framed and checksummed."""
+    topic = _text(record.topic, "topic")
+    message_id = _text(record.message_id, "message id")
+    tag = _text(record.tag, "tag") if record.tag is not None else b""
+    if record.keys:
+        for key in record.keys:
+            _check_reserved(key, f"key {key!r}")
+        keys = _text(_KEY_SEPARATOR.join(record.keys), "keys")
+    else:
+        keys = b""
+    properties = encode_properties(record.properties) if record.properties else b""
+    body = record.body
+    if len(body) > MAX_BODY_BYTES:
+        raise InvalidRecordError(f"body is {len(body)} bytes; at most {MAX_BODY_BYTES}")
+    total = HEADER_SIZE + len(topic) + len(message_id) + len(tag) + len(keys) + len(properties) + len(body)
+    # A present-but-empty tag and an absent tag must stay distinguishable: a flag bit marks "has tag".
+    flags = record.flags | (_HAS_TAG if record.tag is not None else 0)
+    header_tail = _HEADER_TAIL.pack(
+        flags,
+        record.queue_id,
+        queue_offset,
+        physical_offset,
+        record.born_timestamp_ms,
+        store_timestamp_ms,
+        len(topic),
+        len(message_id),
+        len(tag),
+        len(keys),
+        len(properties),
+        len(body),
+    )
+    checksum = crc32c.crc32c(header_tail + topic + message_id + tag + keys)
+    if properties:
+        checksum = crc32c.crc32c(properties, checksum)
+    checksum = crc32c.crc32c(body, checksum)
+    return b"".join(
+        (_FRAME.pack(MAGIC_INT, total, checksum), header_tail, topic, message_id, tag, keys, properties, body)
+    )
+
+
+def read_frame(data: bytes | memoryview, position: int) -> tuple[int, int]:
+    """(magic, total_size) at ``position``; zeros when fewer than 12 bytes remain."""
+    if len(data) - position < _FRAME.size:
+        return 0, 0
+    magic, total, _ = _FRAME.unpack_from(data, position)
+    return magic, total
+
+
+def check_record(data: bytes | memoryview, position: int, expected_physical_offset: int) -> int:
+    """Validate the record at ``position``; return its size or raise :class:`RecordDefect`."""
+    available = len(data) - position
+    if available < HEADER_SIZE:
+        raise RecordDefect(f"only {available} bytes left, a header needs {HEADER_SIZE}")
+    magic, total, checksum = _FRAME.unpack_from(data, position)
+    if magic != MAGIC_INT:
+        raise RecordDefect(f"bad magic 0x{magic:08X}")
+    if total < HEADER_SIZE or total > MAX_RECORD_BYTES:
+        raise RecordDefect(f"impossible record size {total}")
+    if total > available:
+        raise RecordDefect(f"record of {total} bytes runs past the end ({available} bytes left)")
+    fields = HEADER.unpack_from(data, position)
+    variable = fields[9] + fields[10] + fields[11] + fields[12] + fields[13] + fields[14]
+    if HEADER_SIZE + variable != total:
+        raise RecordDefect(f"field lengths add up to {HEADER_SIZE + variable}, not {total}")
+    actual = crc32c.crc32c(memoryview(data)[position + 12 : position + total])
+    if actual != checksum:
+        raise RecordDefect(f"checksum 0x{actual:08X} does not match stored 0x{checksum:08X}")
+    if fields[6] != expected_physical_offset:
+        raise RecordDefect(f"record says it lives at log offset {fields[6]}, not {expected_physical_offset}")
+    return int(total)
+
+
+def decode_record(data: bytes | memoryview, position: int, expected_physical_offset: int) -> StoredRecord:
+    """Validate and decode the record at ``position``; raise :class:`RecordDefect` if it is not valid."""
+    total = check_record(data, position, expected_physical_offset)
+    (
+        _magic,
+        _total,
+        _crc,
+        flags,
+        queue_id,
+        queue_offset,
+        physical_offset,
+        born_ms,
+        store_ms,
+        topic_len,
+        message_id_len,
+        tag_len,
+        keys_len,
+        properties_len,
+        body_len,
+    ) = HEADER.unpack_from(data, position)
+    cursor = position + HEADER_SIZE
+    raw = bytes(memoryview(data)[cursor : position + total])
+    cut = 0
+
+    def take(length: int) -> bytes:
+        nonlocal cut
+        piece = raw[cut : cut + length]
+        cut += length
+        return piece
+
+    try:
+        topic = take(topic_len).decode()
+        message_id = take(message_id_len).decode()
+        tag_bytes = take(tag_len)
+        keys_text = take(keys_len).decode()
+        properties_text = take(properties_len).decode()
+    except UnicodeDecodeError as error:  # pragma: no cover - the CRC matched, so the writer wrote this
+        raise RecordDefect(f"text field is not UTF-8: {error}") from error
+    body = take(body_len)
+    properties: dict[str, str] = {}
+    if properties_text:
+        for pair in properties_text.split(_PAIR_SEPARATOR):
+            name, _, value = pair.partition(_KEY_SEPARATOR)
+            properties[name] = value
+    return StoredRecord(
+        topic=topic,
+        queue_id=queue_id,
+        queue_offset=queue_offset,
+        physical_offset=physical_offset,
+        size=total,
+        flags=flags & ~_HAS_TAG,
+        born_timestamp_ms=born_ms,
+        store_timestamp_ms=store_ms,
+        message_id=message_id,
+        tag=tag_bytes.decode() if flags & _HAS_TAG else None,
+        keys=tuple(keys_text.split(_KEY_SEPARATOR)) if keys_text else (),
+        properties=properties,
+        body=body,
+    )

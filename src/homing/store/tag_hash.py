@@ -1,0 +1,21 @@
+"""The tag hash kept in consume-queue entries, so a TAG filter can skip records without reading them.
+
+Stable across processes and versions (it is written to disk): the first 8 bytes of BLAKE2b of the
+UTF-8 tag. 0 is reserved for "no tag"; a tag whose hash happens to be 0 is stored as 1 (a false
+positive for a filter, which then compares the real tag, never a false negative).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+__all__ = ["NO_TAG_HASH", "tag_hash"]
+
+NO_TAG_HASH = 0
+
+
+def tag_hash(tag: str | None) -> int:
+    if tag is None:
+        return NO_TAG_HASH
+    value = int.from_bytes(hashlib.blake2b(tag.encode(), digest_size=8).digest(), "little")
+    return value or 1
