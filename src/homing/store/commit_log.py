@@ -56,6 +56,7 @@ class CommitLog:
         self.directory = directory
         self.segment_size_bytes = segment_size_bytes
         self.segments: list[Segment] = []
+        self._allocate_lock = threading.Lock()
         self._segments_lock = threading.Lock()  # serialises writers of the list (allocator, retention)
 
     def open(self) -> None:
@@ -124,7 +125,12 @@ class CommitLog:
         """Create the segment starting at ``base_offset``, zero-filled, durable, under its real name.
 
         Raises :class:`DiskFullError` (and leaves nothing behind) if the file system has no room.
+        Serialised: the allocator thread and an append that could not wait may race for the same one.
         """
+        with self._allocate_lock:
+            return self._allocate(base_offset)
+
+    def _allocate(self, base_offset: int) -> Segment:
         existing = self.segment_for(base_offset)
         if existing is not None:
             assert existing.base_offset == base_offset, "segments must not overlap"

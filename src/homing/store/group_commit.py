@@ -54,6 +54,7 @@ class GroupCommit:
         self._callbacks: list[tuple[int, int, DurabilityCallback]] = []
         self._sequence = itertools.count()
         self._stopping = False
+        self._abandoned = False
         self._thread: threading.Thread | None = None
 
     def start(self, flushed_offset: int) -> None:
@@ -65,6 +66,16 @@ class GroupCommit:
         """Flush what was written, then stop the thread."""
         with self._condition:
             self._stopping = True
+            self._condition.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def abandon(self) -> None:
+        """Stop the thread without a final sync (a simulated kill); pending waiters time out."""
+        with self._condition:
+            self._stopping = True
+            self._abandoned = True
             self._condition.notify_all()
         if self._thread is not None:
             self._thread.join()
@@ -121,6 +132,8 @@ class GroupCommit:
                         self._async_interval_s,
                     )
                 stopping = self._stopping
+                if self._abandoned:
+                    return
             try:
                 flushed = self._sync()
             except OSError as error:

@@ -233,6 +233,27 @@ class MessageStore:
             self.disk.remove(self._abort_path)
             self.disk.sync_dir(self.config.data_dir)
 
+    def halt(self) -> None:
+        """Stop as a ``kill -9`` would: no final flush, no checkpoint, the abort marker stays.
+
+        For tests and fault injection: what was written but not synced is left to the disk's fate.
+        """
+        if self._closed:
+            return
+        with self._append_lock:
+            self._closed = True
+        self._stopping = True
+        self._group_commit.abandon()
+        with self._wake_dispatcher:
+            self._wake_dispatcher.notify_all()
+        self._wake_allocator.set()
+        for thread in self._threads:
+            thread.join()
+        self._threads.clear()
+        self.queues.close()
+        self.index.close()
+        self.log.close()
+
     def __enter__(self) -> MessageStore:
         self.open()
         return self
@@ -437,6 +458,10 @@ class MessageStore:
                 # Derived data only: nothing acknowledged is at risk, but keep a loud trace.
                 log.error("dispatcher IO error (derived data, rebuilt at restart): %s", error)
 
+    def dispatch_now(self) -> None:
+        """Make everything durable readable now, without waiting for the dispatcher thread."""
+        self._dispatch_up_to(self._group_commit.flushed_offset)
+
     def _dispatch_up_to(self, target: int) -> None:
         if target <= self.dispatched_offset:
             return
@@ -461,7 +486,7 @@ class MessageStore:
             for key, entries in pending.items():
                 self.queues.get(key).write(first_offsets[key], b"".join(entries))
             self.index.advance(target)
-            self.dispatched_offset = target
+            self.dispatched_offset = max(self.dispatched_offset, target)
         for listener in self._dispatch_listeners:
             listener()
 
@@ -637,7 +662,8 @@ class MessageStore:
         return found
 
     def _lookup_with_repair(self, wanted: int, begin_ms: int, end_ms: int) -> list[int]:
-        for _attempt in range(8):
+        # Each failed attempt drops and rebuilds one damaged run, so this ends within runs + 1 tries.
+        for _attempt in range(self.index.run_count + 1):
             try:
                 return list(self.index.lookup(wanted, begin_ms, end_ms))
             except DamagedRunError as damage:
