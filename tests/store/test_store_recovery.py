@@ -112,7 +112,9 @@ def test_bit_flip_mid_log_is_reported_and_never_served(harness: StoreHarness, wh
     damaged = report.corrupt_ranges[0]
     assert (damaged.file, damaged.file_offset) == (path, file_offset)
     assert (damaged.start_offset, damaged.end_offset) == (offsets[10], offsets[11])
-    assert [r.message_id for r in store.read_queue("orders", 0, 0, 10).records] == [f"id-{i}" for i in range(10)]
+    assert [r.message_id for r in store.read_queue("orders", 0, 0, 10).records] == [
+        f"id-{i}" for i in range(10)
+    ]
     with pytest.raises(CorruptRecordError) as raised:
         store.read_queue("orders", 0, 10, 5)
     assert "queue offset 10" in str(raised.value) and path in str(raised.value)

@@ -15,7 +15,9 @@ NO_TAG_HASH = 0
 
 
 def tag_hash(tag: str | None) -> int:
-    if tag is None:
+    if not tag:
         return NO_TAG_HASH
-    value = int.from_bytes(hashlib.blake2b(tag.encode(), digest_size=8).digest(), "little")
+    # surrogatepass: a str may hold lone surrogates; the hash must still be total and stable.
+    digest = hashlib.blake2b(tag.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    value = int.from_bytes(digest, "big")
     return value or 1
