@@ -40,7 +40,7 @@ def _read_store(data_dir: str) -> list[str]:
 
 
 def test_kill_nine_loop_loses_no_acknowledged_append(tmp_path: Path) -> None:
-    seed = int(os.environ.get("HOMING_TEST_SEED", "20261122"))
+    seed = int(os.environ.get("KILL_LOOP_SEED", "20261122"))
     print(f"kill loop seed {seed}")
     rng = random.Random(seed)
     data_dir = str(tmp_path / "data")
