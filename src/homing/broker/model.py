@@ -48,6 +48,7 @@ class SendReceipt:
     queue_id: int
     queue_offset: int
     transaction_id: str = ""
+    recall_handle: str = ""  # delayed messages only: what RecallMessage takes
 
 
 @dataclass(frozen=True, slots=True)
