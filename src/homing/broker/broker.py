@@ -1,0 +1,309 @@
+"""The broker: one object the server adapter talks to, wiring the services over one store.
+
+It implements :class:`homing.broker.publisher.Publisher` (the durable send path: pick the queue,
+append, wait for durability) and adds what the protocol needs around it: validation, long polling
+(waiting until messages arrive, or an in-flight delivery becomes visible again), client liveness
+for push renewal, and the periodic chores (renewals, pop-state snapshots, retention).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from homing.broker.clients import ClientRegistry
+from homing.broker.consumption import ConsumptionService
+from homing.broker.durable import append_durably
+from homing.broker.errors import BrokerError
+from homing.broker.filters import CompiledFilter
+from homing.broker.message_codec import to_record
+from homing.broker.metadata import DEFAULT_BACKOFF_S, GroupConfig, Metadata, TopicConfig
+from homing.broker.model import Delivery, Message, MessageType, SendReceipt
+from homing.broker.send_validation import MessageLimits, validate_message
+from homing.broker.system_topics import is_dlq_topic
+from homing.clock import Clock
+from homing.store import MessageStore
+
+__all__ = ["Broker", "BrokerOptions"]
+
+log = logging.getLogger("homing.broker")
+
+MAX_SEND_BATCH = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerOptions:
+    auto_create: bool = True
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_delay_s: float = 72 * 3600.0
+    push_invisible_s: float = 60.0
+    push_max_renew_s: float = 3 * 3600.0
+    max_delivery_attempts: int = 17
+    retry_backoff_s: tuple[float, ...] = DEFAULT_BACKOFF_S
+    delay_levels_s: tuple[float, ...] = (
+        1,
+        5,
+        10,
+        30,
+        60,
+        120,
+        180,
+        240,
+        300,
+        360,
+        420,
+        480,
+        540,
+        600,
+        1200,
+        1800,
+        3600,
+        7200,
+    )
+    transaction_timeout_s: float = 6.0
+    transaction_check_interval_s: float = 60.0
+    transaction_max_checks: int = 15
+    snapshot_interval_s: float = 30.0
+    retention_interval_s: float = 60.0
+    chore_interval_s: float = 1.0
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+class Broker:
+    def __init__(
+        self,
+        store: MessageStore,
+        clock: Clock,
+        options: BrokerOptions | None = None,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.options = options or BrokerOptions()
+        self.metadata = Metadata(
+            store.disk,
+            store.config.data_dir,
+            now_ms=clock.now_ms,
+            random_bytes=random_bytes,
+            auto_create=self.options.auto_create,
+            default_group=GroupConfig(
+                name="",
+                max_delivery_attempts=self.options.max_delivery_attempts,
+                backoff_s=self.options.retry_backoff_s,
+            ),
+        )
+        self.clients = ClientRegistry(clock.monotonic_s)
+        self.consumption = ConsumptionService(
+            store,
+            self.metadata,
+            clock,
+            self,
+            push_invisible_s=self.options.push_invisible_s,
+            push_max_renew_s=self.options.push_max_renew_s,
+            client_alive=self.clients.alive,
+        )
+        self.limits = MessageLimits(self.options.max_body_bytes, int(self.options.max_delay_s * 1000))
+        self._round_robin = itertools.count()
+        self._arrivals: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._chores: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def open(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._arrivals = asyncio.Event()
+        self.metadata.open()
+        self.consumption.open()
+        self.store.add_dispatch_listener(self._on_dispatch)
+        self._stopping = asyncio.Event()
+        self._chores = asyncio.create_task(self._run_chores(), name="homing-broker-chores")
+
+    async def close(self) -> None:
+        self._stopping.set()
+        if self._chores is not None:
+            self._chores.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._chores
+            self._chores = None
+        self.consumption.write_snapshot()
+
+    def _on_dispatch(self) -> None:
+        # Runs on the store's dispatcher thread: hand over to the loop.
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._wake_receivers)
+
+    def _wake_receivers(self) -> None:
+        if self._arrivals is not None:
+            self._arrivals.set()
+            self._arrivals = asyncio.Event()
+
+    def wake_receivers(self) -> None:
+        """Something other than a new message may let a receive succeed (an ack unblocking FIFO)."""
+        self._wake_receivers()
+
+    # ------------------------------------------------------------------ sending
+
+    def topic_for_send(self, name: str) -> TopicConfig:
+        if is_dlq_topic(name):
+            raise BrokerError(
+                "ILLEGAL_TOPIC", f"{name!r} is a dead-letter topic: resend from it with the admin API"
+            )
+        return self.metadata.topic(name)
+
+    def _queue_for(self, message: Message, topic: TopicConfig) -> int:
+        if message.message_group is not None:
+            # Every message of a group goes to one queue, chosen by the broker so that all
+            # clients agree (they hash differently): CRC32 of the group name.
+            return zlib.crc32(message.message_group.encode()) % topic.queue_count
+        return next(self._round_robin) % topic.queue_count
+
+    async def publish(self, messages: Sequence[Message]) -> list[SendReceipt]:
+        """Store messages in their topics now (all or nothing); return once durable."""
+        if not messages:
+            return []
+        records = []
+        for message in messages:
+            topic = self.metadata.topic(message.topic, create=True)
+            records.append(to_record(message, queue_id=self._queue_for(message, topic)))
+        result = await append_durably(self.store, records)
+        return [
+            SendReceipt(
+                message.message_id,
+                record.queue_id,
+                appended.queue_offset,
+            )
+            for message, record, appended in zip(messages, records, result.records, strict=True)
+        ]
+
+    async def send(self, messages: Sequence[Message]) -> list[SendReceipt | BrokerError]:
+        """The SendMessage path: validate each message, then store the valid ones together."""
+        if len(messages) > MAX_SEND_BATCH:
+            raise BrokerError("BAD_REQUEST", f"at most {MAX_SEND_BATCH} messages per send")
+        now = self.clock.now_ms()
+        outcomes: list[SendReceipt | BrokerError | None] = []
+        ready: list[tuple[int, Message]] = []
+        for index, message in enumerate(messages):
+            try:
+                topic = self.topic_for_send(message.topic)
+                validate_message(message, topic, self.limits, now)
+            except BrokerError as error:
+                outcomes.append(error)
+                continue
+            outcomes.append(None)
+            ready.append((index, message))
+        immediate = [
+            (index, message)
+            for index, message in ready
+            if message.message_type in (MessageType.NORMAL, MessageType.FIFO)
+        ]
+        special = [
+            (index, message)
+            for index, message in ready
+            if message.message_type not in (MessageType.NORMAL, MessageType.FIFO)
+        ]
+        if immediate:
+            try:
+                receipts = await self.publish([message for _, message in immediate])
+                for (index, _), receipt in zip(immediate, receipts, strict=True):
+                    outcomes[index] = receipt
+            except BrokerError as error:
+                for index, _ in immediate:
+                    outcomes[index] = error
+        for index, message in special:
+            try:
+                outcomes[index] = await self._send_special(message)
+            except BrokerError as error:
+                outcomes[index] = error
+        return [
+            outcome if outcome is not None else BrokerError("INTERNAL_ERROR", "no outcome")
+            for outcome in outcomes
+        ]
+
+    async def _send_special(self, message: Message) -> SendReceipt:
+        raise BrokerError("NOT_IMPLEMENTED", f"{message.message_type.name} messages are not supported yet")
+
+    # ------------------------------------------------------------------ consuming
+
+    async def receive(
+        self,
+        *,
+        group: str,
+        topic: str,
+        message_filter: CompiledFilter,
+        max_messages: int,
+        invisible_s: float | None,
+        client_id: str,
+        long_poll_timeout_s: float,
+        attempt_id: str = "",
+    ) -> list[Delivery]:
+        """Deliveries, waiting up to ``long_poll_timeout_s`` for some to become available."""
+        deadline = self.clock.monotonic_s() + max(long_poll_timeout_s, 0.0)
+        while True:
+            waiter = self._arrivals
+            deliveries = await self.consumption.receive(
+                group_name=group,
+                topic=topic,
+                message_filter=message_filter,
+                max_messages=max_messages,
+                invisible_s=invisible_s,
+                client_id=client_id,
+                attempt_id=attempt_id,
+            )
+            remaining = deadline - self.clock.monotonic_s()
+            if deliveries or remaining <= 0 or waiter is None:
+                return deliveries
+            wait_s = min(remaining, 1.0)  # re-check at least every second: expiry timers
+            next_visible = self.consumption.next_visible_ms(group, topic)
+            if next_visible is not None:
+                wait_s = min(wait_s, max((next_visible - self.clock.now_ms()) / 1000, 0.01))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(waiter.wait(), wait_s)
+
+    async def ack(self, group: str, topic: str, receipt_handle: str) -> None:
+        await self.consumption.ack(group, topic, receipt_handle)
+        self._wake_receivers()
+
+    async def change_invisible_duration(
+        self, group: str, topic: str, receipt_handle: str, invisible_s: float | None
+    ) -> str:
+        handle = await self.consumption.change_invisible_duration(group, topic, receipt_handle, invisible_s)
+        self._wake_receivers()
+        return handle
+
+    async def forward_to_dead_letter(self, group: str, topic: str, receipt_handle: str, reason: str) -> None:
+        await self.consumption.forward_to_dead_letter(group, topic, receipt_handle, reason)
+        self._wake_receivers()
+
+    # ------------------------------------------------------------------ chores
+
+    async def _run_chores(self) -> None:
+        last_snapshot = last_retention = self.clock.monotonic_s()
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.options.chore_interval_s)
+            try:
+                await self.consumption.renew_push_deliveries()
+                now = self.clock.monotonic_s()
+                if now - last_snapshot >= self.options.snapshot_interval_s:
+                    self.consumption.write_snapshot()
+                    last_snapshot = now
+                if now - last_retention >= self.options.retention_interval_s:
+                    await asyncio.to_thread(self.store.enforce_retention, self.retention_progress())
+                    last_retention = now
+                self._wake_receivers()  # lets long polls notice expired deliveries promptly
+            except BrokerError as error:
+                log.error("broker chore failed: %s", error)
+            except OSError as error:
+                log.error("broker chore IO error: %s", error)
+
+    def retention_progress(self) -> dict[tuple[str, int], int]:
+        return self.consumption.progress()
