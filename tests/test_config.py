@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from homing.config import (
+    CLIENT_ENVIRONMENT_PREFIX,
     SETTINGS,
     Address,
     BrokerSettings,
@@ -381,6 +382,24 @@ def test_environment_variable_names_are_upper_case() -> None:
     )
     # Variables without the prefix are none of Homing's business.
     assert load_settings(env={"homing_flush_mode": "async", "FLUSH_MODE": "x"}) == BrokerSettings()
+
+
+def test_client_variables_are_left_to_the_client() -> None:
+    # The client (homing.client) reads HOMING_CLIENT_*; a broker started in the same environment must
+    # neither reject them nor take them for settings.
+    env = {"HOMING_CLIENT_ENDPOINTS": "127.0.0.1:8081", "HOMING_CLIENT_NOT_A_SETTING": "x"}
+    assert load_settings(env=env) == BrokerSettings()
+    # Only that prefix is exempt: a near miss is still reported.
+    error = config_error(env={"HOMING_CLIENTENDPOINTS": "x"})
+    assert error.problems == (
+        "unknown environment variable HOMING_CLIENTENDPOINTS: HOMING_* variables are reserved for settings",
+    )
+
+
+def test_no_setting_hides_behind_the_client_prefix() -> None:
+    # A setting named client_* would have a variable the loader skips: it could never be set by env.
+    assert CLIENT_ENVIRONMENT_PREFIX == "HOMING_CLIENT_"
+    assert [s.name for s in SETTINGS if s.environment_variable.startswith(CLIENT_ENVIRONMENT_PREFIX)] == []
 
 
 def test_unknown_override() -> None:

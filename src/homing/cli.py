@@ -162,3 +162,14 @@ def show(context: click.Context, /, as_json: bool, config_file: str | None, **op
         click.echo(json.dumps(settings_to_plain(resolved.settings), indent=2))
     else:
         click.echo(settings_to_toml(resolved.settings, resolved.sources), nl=False)
+
+
+def _add_admin_commands() -> None:
+    # Kept in its own module: the admin verbs are an HTTP client, unrelated to broker settings.
+    from homing.cli_admin import admin
+
+    main.add_command(admin)
+
+
+_add_admin_commands()
+

@@ -34,6 +34,7 @@ from typing import Any, Final, Literal, TypeGuard
 from homing.errors import HomingError
 
 __all__ = [
+    "CLIENT_ENVIRONMENT_PREFIX",
     "CONFIG_FILE_ENVIRONMENT_VARIABLE",
     "ENVIRONMENT_PREFIX",
     "SETTINGS",
@@ -55,6 +56,9 @@ __all__ = [
 ENVIRONMENT_PREFIX: Final = "HOMING_"
 CONFIG_FILE_ENVIRONMENT_VARIABLE: Final = "HOMING_CONFIG"
 """Names the TOML file when ``--config`` is not given; the one ``HOMING_*`` variable that is not a setting."""
+CLIENT_ENVIRONMENT_PREFIX: Final = "HOMING_CLIENT_"
+"""Variables of Homing's client (:mod:`homing.client`), which the broker leaves alone: a broker and a
+client often share one environment (tests, a single host). No setting may be named ``client_*``."""
 TOML_TABLE: Final = "broker"
 """Settings may sit at the top of the TOML file or under this table."""
 
@@ -761,7 +765,11 @@ def resolve_settings(
             apply(name, raw, path_text, f"{path_text}: {name}")
 
     for variable, text in sorted(environment.items()):
-        if not variable.startswith(ENVIRONMENT_PREFIX) or variable == CONFIG_FILE_ENVIRONMENT_VARIABLE:
+        if (
+            not variable.startswith(ENVIRONMENT_PREFIX)
+            or variable == CONFIG_FILE_ENVIRONMENT_VARIABLE
+            or variable.startswith(CLIENT_ENVIRONMENT_PREFIX)
+        ):
             continue
         name = variable.removeprefix(ENVIRONMENT_PREFIX).lower()
         if name in _SETTINGS_BY_NAME and variable == _SETTINGS_BY_NAME[name].environment_variable:

@@ -40,8 +40,10 @@ class BrokerHarness:
         assert self.broker is not None and self.store is not None
         if crash or power_loss:
             self.broker._stopping.set()
-            if self.broker._chores is not None:
-                self.broker._chores.cancel()
+            for task in (self.broker._chores, self.broker._timer_task):
+                if task is not None:
+                    task.cancel()
+            self.broker.timers.halt()
             self.store.halt()
             if power_loss:
                 self.disk.crash()

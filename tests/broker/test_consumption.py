@@ -112,6 +112,13 @@ def test_nack_uses_the_group_backoff_then_dead_letters_after_the_last_attempt() 
         assert dead[0].message.keys == ("k1",)
         assert dead[0].message.topic == "%DLQ%g"
         assert broker.consumption.dead_lettered == 1
+        # The original is done: no longer in flight, never moved a second time.
+        harness.clock.advance(3600)
+        assert await harness.receive() == []
+        assert broker.consumption.dead_lettered == 1
+        assert [
+            (row.committed, row.in_flight) for row in broker.consumption.group_progress("g") if row.queue_end
+        ] == [(1, 0)]
         await harness.stop()
 
     run(scenario)
@@ -222,6 +229,29 @@ def test_bad_sends_get_clear_statuses_and_store_nothing() -> None:
         big = harness.message(body=bytes(4 * 1024 * 1024 + 1))
         assert getattr((await broker.send([big]))[0], "code", None) == "MESSAGE_BODY_TOO_LARGE"
         assert broker.store.write_offset == before
+        await harness.stop()
+
+    run(scenario)
+
+
+def test_a_push_nack_stops_renewal_so_the_message_comes_back_after_the_backoff() -> None:
+    async def scenario() -> None:
+        harness = BrokerHarness()
+        broker = await harness.start()
+        broker.metadata.put_group(GroupConfig(name="g", backoff_s=(5,)))
+        await harness.send(harness.message())
+        broker.clients.seen("client-1")
+        delivery = (await harness.receive(invisible_s=None))[0]  # a push consumer
+        harness.clock.advance(50)  # within 20 s of the 60 s default: renewed while the client lives
+        broker.clients.seen("client-1")
+        assert await broker.consumption.renew_push_deliveries() == 1
+        await broker.change_invisible_duration("g", "orders", delivery.receipt_handle, None)  # nack
+        harness.clock.advance(4)
+        broker.clients.seen("client-1")
+        assert await broker.consumption.renew_push_deliveries() == 0, "a nacked delivery is not renewed"
+        harness.clock.advance(1)
+        again = await harness.receive(invisible_s=None)
+        assert [d.delivery_attempt for d in again] == [2]
         await harness.stop()
 
     run(scenario)

@@ -14,8 +14,8 @@ import itertools
 import logging
 import os
 import zlib
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
 
 from homing.broker.clients import ClientRegistry
 from homing.broker.consumption import ConsumptionService
@@ -27,10 +27,15 @@ from homing.broker.metadata import DEFAULT_BACKOFF_S, GroupConfig, Metadata, Top
 from homing.broker.model import Delivery, Message, MessageType, SendReceipt
 from homing.broker.send_validation import MessageLimits, validate_message
 from homing.broker.system_topics import is_dlq_topic
+from homing.broker.timers import TimerService, TimerSettings, levels_ms_from_seconds
+from homing.broker.transactions import CheckRequest, TransactionService
 from homing.clock import Clock
 from homing.store import MessageStore
 
-__all__ = ["Broker", "BrokerOptions"]
+__all__ = ["Broker", "BrokerOptions", "TransactionChecker"]
+
+# Sends a check-back to a live producer; True if one received it (then the check counts).
+TransactionChecker = Callable[[CheckRequest], Awaitable[bool]]
 
 log = logging.getLogger("homing.broker")
 
@@ -41,7 +46,7 @@ MAX_SEND_BATCH = 1024
 class BrokerOptions:
     auto_create: bool = True
     max_body_bytes: int = 4 * 1024 * 1024
-    max_delay_s: float = 72 * 3600.0
+    max_delay_s: float = 24 * 3600.0
     push_invisible_s: float = 60.0
     push_max_renew_s: float = 3 * 3600.0
     max_delivery_attempts: int = 17
@@ -71,6 +76,7 @@ class BrokerOptions:
     transaction_max_checks: int = 15
     snapshot_interval_s: float = 30.0
     retention_interval_s: float = 60.0
+    transaction_progress_interval_s: float = 10.0
     chore_interval_s: float = 1.0
     extra: dict[str, object] = field(default_factory=dict)
 
@@ -109,6 +115,25 @@ class Broker:
             client_alive=self.clients.alive,
         )
         self.limits = MessageLimits(self.options.max_body_bytes, int(self.options.max_delay_s * 1000))
+        self.timers = TimerService(
+            store,
+            self,
+            clock,
+            TimerSettings(
+                delay_levels_ms=levels_ms_from_seconds(self.options.delay_levels_s),
+                max_delay_ms=int(self.options.max_delay_s * 1000),
+            ),
+        )
+        self.transactions = TransactionService(
+            store,
+            clock,
+            self,
+            transaction_timeout_s=self.options.transaction_timeout_s,
+            check_interval_s=self.options.transaction_check_interval_s,
+            max_checks=self.options.transaction_max_checks,
+        )
+        self.transaction_checker: TransactionChecker | None = None
+        self._timer_task: asyncio.Task[None] | None = None
         self._round_robin = itertools.count()
         self._arrivals: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -122,18 +147,24 @@ class Broker:
         self._arrivals = asyncio.Event()
         self.metadata.open()
         self.consumption.open()
+        self.timers.open()
+        self.transactions.open()
         self.store.add_dispatch_listener(self._on_dispatch)
         self._stopping = asyncio.Event()
         self._chores = asyncio.create_task(self._run_chores(), name="homing-broker-chores")
+        self._timer_task = asyncio.create_task(self.timers.run(self._stopping), name="homing-timers")
 
     async def close(self) -> None:
         self._stopping.set()
-        if self._chores is not None:
-            self._chores.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._chores
-            self._chores = None
+        for task in (self._chores, self._timer_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._chores = self._timer_task = None
         self.consumption.write_snapshot()
+        self.timers.close()
+        self.transactions.close()
 
     def _on_dispatch(self) -> None:
         # Runs on the store's dispatcher thread: hand over to the loop.
@@ -229,7 +260,23 @@ class Broker:
         ]
 
     async def _send_special(self, message: Message) -> SendReceipt:
-        raise BrokerError("NOT_IMPLEMENTED", f"{message.message_type.name} messages are not supported yet")
+        if message.message_type == MessageType.DELAY:
+            receipt, recall_handle = await self.timers.schedule(message)
+            return replace(receipt, recall_handle=recall_handle)
+        if message.message_type == MessageType.TRANSACTION:
+            return await self.transactions.prepare(message)
+        raise BrokerError("BAD_REQUEST", f"unexpected message type {message.message_type.name}")
+
+    async def end_transaction(
+        self, *, topic: str, message_id: str, transaction_id: str, commit: bool, source: str = "producer"
+    ) -> None:
+        if source not in ("producer", "check", "admin"):
+            raise BrokerError("BAD_REQUEST", f"unknown transaction end source {source!r}")
+        await self.transactions.end(topic, message_id, transaction_id, commit, source)  # type: ignore[arg-type]
+
+    async def recall(self, *, topic: str, recall_handle: str) -> str:
+        """Cancel a delayed message that is not due yet; returns its message id."""
+        return await self.timers.recall(topic, recall_handle)
 
     # ------------------------------------------------------------------ consuming
 
@@ -285,14 +332,27 @@ class Broker:
 
     # ------------------------------------------------------------------ chores
 
+    async def _check_transactions(self) -> None:
+        checker = self.transaction_checker
+        if checker is None:
+            return
+        for request in self.transactions.due_checks(self.clock.now_ms()):
+            if await checker(request):
+                await self.transactions.record_check(request.transaction_id, request.check_number)
+
     async def _run_chores(self) -> None:
-        last_snapshot = last_retention = self.clock.monotonic_s()
+        last_snapshot = last_retention = last_progress = self.clock.monotonic_s()
         while not self._stopping.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self.options.chore_interval_s)
             try:
                 await self.consumption.renew_push_deliveries()
+                await self._check_transactions()
                 now = self.clock.monotonic_s()
+                if now - last_progress >= self.options.transaction_progress_interval_s:
+                    await self.transactions.renew_old_halves(self.clock.now_ms())
+                    self.transactions.save_progress()
+                    last_progress = now
                 if now - last_snapshot >= self.options.snapshot_interval_s:
                     self.consumption.write_snapshot()
                     last_snapshot = now
@@ -306,4 +366,9 @@ class Broker:
                 log.error("broker chore IO error: %s", error)
 
     def retention_progress(self) -> dict[tuple[str, int], int]:
-        return self.consumption.progress()
+        """Per queue, the lowest offset still needed: by consumers, pending timers, open transactions."""
+        needed = self.consumption.progress()
+        for floors in (self.timers.retention_floors(), self.transactions.retention_progress()):
+            for key, offset in floors.items():
+                needed[key] = min(needed.get(key, offset), offset)
+        return needed

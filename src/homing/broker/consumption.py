@@ -409,7 +409,7 @@ class ConsumptionService:
         events: list[Event] = []
         self._apply(
             {"k": "inv", "g": group_name, "t": topic, "q": handle.queue_id, "o": handle.queue_offset,
-             "a": delivery.attempt, "v": visible_at},
+             "a": delivery.attempt, "v": visible_at, "p": False},  # a nack or extension: no more renewals
             events,
         )  # fmt: skip
         await self._commit(events)
@@ -457,9 +457,9 @@ class ConsumptionService:
                 DLQ_REASON: reason,
             }
             await self._publisher.publish([_with_system_properties(message, extra)])
-            await self._commit(
-                [{"k": "done", "g": group.name, "t": topic, "q": record.queue_id, "o": [offset]}]
-            )
+            events: list[Event] = []
+            self._apply({"k": "done", "g": group.name, "t": topic, "q": record.queue_id, "o": [offset]}, events)
+            await self._commit(events)
             self.dead_lettered += 1
             log.warning(
                 "message %s of %s moved to %s after %d attempts: %s",

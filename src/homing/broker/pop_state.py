@@ -19,7 +19,9 @@ Events (``k`` is the kind; ``g`` group, ``t`` topic, ``q`` queue id):
 - ``pop``:   ``d`` [[offset, attempt], ...] delivered, ``s`` [offset, ...] skipped by the filter,
              ``v`` visible-again time ms, ``at`` delivery time ms, ``c`` client id, ``p`` push?
 - ``done``:  ``o`` [offset, ...] acked or moved to the dead-letter queue
-- ``inv``:   ``o`` offset, ``a`` attempt, ``v`` new visible-again time ms (nack, extend, renew)
+- ``inv``:   ``o`` offset, ``a`` attempt, ``v`` new visible-again time ms (nack, extend, renew),
+             ``p`` (optional) push renewal still wanted? (False after a nack: the broker renews
+             push deliveries only until the consumer answers)
 - ``skipto``: ``o`` every offset below is done (its messages expired by retention before any
              delivery: they no longer exist, so there is nothing to wait for)
 """
@@ -149,6 +151,8 @@ class PopState:
             delivery = cursor.inflight.get(int(event["o"]))
             if delivery is not None and delivery.attempt == int(event["a"]):
                 delivery.visible_at_ms = int(event["v"])
+                if "p" in event:
+                    delivery.push = bool(event["p"])
         else:
             raise ValueError(f"unknown pop journal event kind {kind!r}")
 
