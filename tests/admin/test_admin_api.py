@@ -4,25 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
-sys.path.insert(0, str(Path(__file__).parent.parent / "broker"))
-
-from broker_harness import EVERYTHING, BrokerHarness  # noqa: E402
-
-from homing.broker.admin import Admin  # noqa: E402
-from homing.broker.metadata import GroupConfig  # noqa: E402
-from homing.cli import main  # noqa: E402
-from homing.server.admin_http import AdminHttpServer  # noqa: E402
+from homing.broker.admin import Admin
+from homing.broker.metadata import GroupConfig
+from homing.cli import main
+from homing.server.admin_http import AdminHttpServer
+from homing.testing.in_process import EVERYTHING, BrokerHarness
 
 
 class LiveBroker:
@@ -154,9 +149,13 @@ def test_credentials_are_required_when_configured() -> None:
     try:
         status, body = _get(live.url + "/v1/topics")
         assert status == 401 and body["error"]["code"] == "UNAUTHORIZED"
-        bad = CliRunner().invoke(main, ["admin", "--server", live.url, "--credentials", "ops:wrong", "topic", "list"])
+        bad = CliRunner().invoke(
+            main, ["admin", "--server", live.url, "--credentials", "ops:wrong", "topic", "list"]
+        )
         assert bad.exit_code == 1 and "UNAUTHORIZED" in bad.output
-        good = CliRunner().invoke(main, ["admin", "--server", live.url, "--credentials", "ops:s3cret", "topic", "list"])
+        good = CliRunner().invoke(
+            main, ["admin", "--server", live.url, "--credentials", "ops:s3cret", "topic", "list"]
+        )
         assert good.exit_code == 0, good.output
     finally:
         live.stop()

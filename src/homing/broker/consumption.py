@@ -458,7 +458,9 @@ class ConsumptionService:
             }
             await self._publisher.publish([_with_system_properties(message, extra)])
             events: list[Event] = []
-            self._apply({"k": "done", "g": group.name, "t": topic, "q": record.queue_id, "o": [offset]}, events)
+            self._apply(
+                {"k": "done", "g": group.name, "t": topic, "q": record.queue_id, "o": [offset]}, events
+            )
             await self._commit(events)
             self.dead_lettered += 1
             log.warning(

@@ -91,20 +91,39 @@ class GroupCommit:
         return StoreFencedError(f"the store is fenced after a failed sync: {self.failure}")
 
     def wait(self, offset: int, timeout_s: float) -> None:
-        """Block until ``offset`` is durable; raise on timeout or failure."""
+        """Block until ``offset`` is durable; raise on timeout or failure.
+
+        Each waiter blocks on a lock of its own, released by the flusher like a callback: waking
+        many writers after a sync then costs one wake-up each, not a stampede on the shared
+        condition (which, measured with 16 writer threads on 2 cores, halved throughput).
+        """
         with self._condition:
-            if offset > self._requested:
-                self._requested = offset
-                self._condition.notify_all()
-            released = self._condition.wait_for(
-                lambda: self.flushed_offset >= offset or self.failure is not None, timeout_s
-            )
             if self.flushed_offset >= offset:
                 return
             if self.failure is not None:
                 raise self._fenced_error()
-            assert not released
-            raise PersistenceTimeoutError(f"not durable within the flush timeout of {timeout_s:g} s")
+            released = threading.Lock()
+            released.acquire()
+            outcome: list[BaseException | None] = []
+
+            def release(error: BaseException | None) -> None:
+                outcome.append(error)
+                released.release()
+
+            heapq.heappush(self._callbacks, (offset, next(self._sequence), release))
+            if offset > self._requested:
+                self._requested = offset
+                self._condition.notify_all()
+        if released.acquire(timeout=max(timeout_s, 0.0)):
+            if outcome[0] is None:
+                return  # released by a flush that covered ``offset``
+            raise self._fenced_error()
+        with self._condition:
+            if self.flushed_offset >= offset:
+                return
+            if self.failure is not None:
+                raise self._fenced_error()
+        raise PersistenceTimeoutError(f"not durable within the flush timeout of {timeout_s:g} s")
 
     def add_callback(self, offset: int, callback: DurabilityCallback) -> None:
         """Call ``callback(None)`` once ``offset`` is durable, or ``callback(error)`` on failure.

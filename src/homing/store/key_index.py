@@ -27,6 +27,7 @@ Run file ``<start:020d>-<end:020d>.idx``, little-endian::
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import struct
 from collections.abc import Iterator
@@ -45,6 +46,11 @@ DEFAULT_BUFFER_ENTRIES = 100_000
 
 MESSAGE_ID_KIND = b"i"
 BUSINESS_KEY_KIND = b"k"
+
+
+def _by_hash_then_offset(entry: tuple[int, int, int]) -> int:
+    # The order of (hash, offset) as one int (both are below 2**64): sorts ~2.5x faster than a tuple.
+    return entry[0] << 64 | entry[2]
 
 
 def key_hash(kind: bytes, key: str) -> int:
@@ -128,6 +134,10 @@ class KeyIndex:
     def add(self, hash_value: int, store_ms: int, physical_offset: int) -> None:
         self._buffer.append((hash_value, store_ms, physical_offset))
 
+    def add_all(self, entries: list[tuple[int, int, int]]) -> None:
+        """:meth:`add` for many (key hash, store ms, log offset) triples, in order."""
+        self._buffer.extend(entries)
+
     def advance(self, end_offset: int) -> None:
         """Every record before ``end_offset`` has been added."""
         self.buffered_end = max(self.buffered_end, end_offset)
@@ -140,14 +150,15 @@ class KeyIndex:
         """Write the buffer as a durable run (nothing to do if it covers no log range)."""
         if self.buffered_end <= self.covered_end:
             return
-        entries = sorted(self._buffer, key=lambda entry: (entry[0], entry[2]))
+        entries = sorted(self._buffer, key=_by_hash_then_offset)
         self.write_run(self.covered_end, self.buffered_end, entries)
         self._buffer.clear()
         self.covered_end = self.buffered_end
 
     def write_run(self, start: int, end: int, entries: list[tuple[int, int, int]]) -> None:
         """Write a run for ``[start, end)`` (entries sorted by hash) durably, and start using it."""
-        body = b"".join(_ENTRY.pack(*entry) for entry in entries)
+        # One pack call for the whole run: the same bytes as packing entry by entry, several times cheaper.
+        body = struct.pack(f"<{3 * len(entries)}Q", *itertools.chain.from_iterable(entries))
         times = [entry[1] for entry in entries]
         low, high = (min(times), max(times)) if times else (0, 0)
         header_tail = _HEADER.pack(_MAGIC, 0, len(entries), start, end, low, high)[8:]

@@ -105,9 +105,12 @@ def _is_zero_from(reader: _SegmentReader, position: int) -> int:
         size = min(CHUNK_BYTES, segment.size - position)
         buffer, index = reader.view(position, size)
         chunk = buffer[index : index + size]
-        stripped = chunk.rstrip(b"\x00")
-        if stripped:
-            last_nonzero = position + len(stripped)
+        # Comparing with zeros is ~10x faster than rstrip, which tests the bytes one by one; this
+        # runs over the rest of the last segment at every open.
+        if chunk != bytes(len(chunk)):
+            stripped = chunk.rstrip(b"\x00")
+            if stripped:
+                last_nonzero = position + len(stripped)
         position += size
     return 0 if last_nonzero < 0 else last_nonzero
 

@@ -45,7 +45,7 @@ from homing.store.log_scan import CorruptRange
 from homing.store.queue_table import QueueKey, QueueTable
 from homing.store.record import NewRecord, RecordDefect, StoredRecord, decode_record, encode_record
 from homing.store.recovery import RecoveryReport, rebuild_index_range, rebuild_queue, recover
-from homing.store.tag_hash import tag_hash
+from homing.store.tag_hash import NO_TAG_HASH, tag_hash
 
 __all__ = ["AppendResult", "MessageStore", "QueueRead", "StoreConfig"]
 
@@ -303,28 +303,35 @@ class MessageStore:
             appended: list[AppendedRecord] = []
             next_offsets: dict[QueueKey, int] = {}
             items: list[_DispatchItem] = []
+            # Per-record work is the hot path: the current segment's end and chunk list stay in locals.
+            segment_end = segment.end_offset
+            chunks = placements[0].chunks
             for record in records:
                 key = (record.topic, record.queue_id)
                 queue_offset = next_offsets.get(key)
                 if queue_offset is None:
                     queue_offset = self._queue_next.get(key, 0)
                 data = encode_record(record, queue_offset, position, now_ms)
-                if position + len(data) > placements[-1].segment.end_offset:
-                    if len(data) > self.log.segment_size_bytes:
+                size = len(data)
+                if position + size > segment_end:
+                    if size > self.log.segment_size_bytes:
                         raise InvalidRecordError(
-                            f"a record of {len(data)} bytes does not fit in a segment "
+                            f"a record of {size} bytes does not fit in a segment "
                             f"of {self.log.segment_size_bytes} bytes"
                         )
                     segment = self._segment_after(placements[-1].segment)
                     position = segment.base_offset
+                    segment_end = segment.end_offset
                     placements.append(_Placement(segment, position))
+                    chunks = placements[-1].chunks
                     data = encode_record(record, queue_offset, position, now_ms)
-                placements[-1].chunks.append(data)
-                appended.append(AppendedRecord(position, queue_offset, len(data), now_ms))
+                    size = len(data)
+                chunks.append(data)
+                appended.append(AppendedRecord(position, queue_offset, size, now_ms))
                 items.append(
                     (
                         position,
-                        len(data),
+                        size,
                         record.topic,
                         record.queue_id,
                         queue_offset,
@@ -335,7 +342,7 @@ class MessageStore:
                     )
                 )
                 next_offsets[key] = queue_offset + 1
-                position += len(data)
+                position += size
             self._write_placements(placements)
             self._queue_next.update(next_offsets)
             self._dispatch_queue.extend(items)
@@ -467,6 +474,7 @@ class MessageStore:
             return
         pending: dict[QueueKey, list[bytes]] = {}
         first_offsets: dict[QueueKey, int] = {}
+        keyed: list[tuple[int, int, int]] = []  # (key hash, store ms, log offset) for the index
         with self._queues_lock:
             queue = self._dispatch_queue
             while queue and queue[0][0] < target:
@@ -478,11 +486,12 @@ class MessageStore:
                 if entries is None:
                     entries = pending[key] = []
                     first_offsets[key] = queue_offset
-                entries.append(pack_entry(physical, size, tag_hash(tag), store_ms))
+                entries.append(pack_entry(physical, size, tag_hash(tag) if tag else NO_TAG_HASH, store_ms))
                 if message_id:
-                    self.index.add(key_hash(MESSAGE_ID_KIND, message_id), store_ms, physical)
+                    keyed.append((key_hash(MESSAGE_ID_KIND, message_id), store_ms, physical))
                 for business_key in keys:
-                    self.index.add(key_hash(BUSINESS_KEY_KIND, business_key), store_ms, physical)
+                    keyed.append((key_hash(BUSINESS_KEY_KIND, business_key), store_ms, physical))
+            self.index.add_all(keyed)
             for key, entries in pending.items():
                 self.queues.get(key).write(first_offsets[key], b"".join(entries))
             self.index.advance(target)

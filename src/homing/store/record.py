@@ -139,8 +139,14 @@ def encode_record(
     record: NewRecord, queue_offset: int, physical_offset: int, store_timestamp_ms: int
 ) -> bytes:
     """The record's bytes, framed and checksummed."""
-    topic = _text(record.topic, "topic")
-    message_id = _text(record.message_id, "message id")
+    # Every append runs this once per record: the common fields are encoded inline; ``_text``
+    # raises the error for an oversized one.
+    topic = record.topic.encode()
+    if len(topic) > MAX_TEXT_BYTES:
+        _text(record.topic, "topic")
+    message_id = record.message_id.encode()
+    if len(message_id) > MAX_TEXT_BYTES:
+        _text(record.message_id, "message id")
     tag = _text(record.tag, "tag") if record.tag is not None else b""
     if record.keys:
         for key in record.keys:
@@ -152,7 +158,6 @@ def encode_record(
     body = record.body
     if len(body) > MAX_BODY_BYTES:
         raise InvalidRecordError(f"body is {len(body)} bytes; at most {MAX_BODY_BYTES}")
-    total = HEADER_SIZE + len(topic) + len(message_id) + len(tag) + len(keys) + len(properties) + len(body)
     # A present-but-empty tag and an absent tag must stay distinguishable: a flag bit marks "has tag".
     flags = record.flags | (_HAS_TAG if record.tag is not None else 0)
     header_tail = _HEADER_TAIL.pack(
@@ -169,13 +174,10 @@ def encode_record(
         len(properties),
         len(body),
     )
-    checksum = crc32c.crc32c(header_tail + topic + message_id + tag + keys)
-    if properties:
-        checksum = crc32c.crc32c(properties, checksum)
-    checksum = crc32c.crc32c(body, checksum)
-    return b"".join(
-        (_FRAME.pack(MAGIC_INT, total, checksum), header_tail, topic, message_id, tag, keys, properties, body)
-    )
+    covered = b"".join((header_tail, topic, message_id, tag, keys, properties))  # all but frame and body
+    total = _FRAME.size + len(covered) + len(body)
+    checksum = crc32c.crc32c(body, crc32c.crc32c(covered))
+    return b"".join((_FRAME.pack(MAGIC_INT, total, checksum), covered, body))
 
 
 def read_frame(data: bytes | memoryview, position: int) -> tuple[int, int]:
@@ -186,19 +188,21 @@ def read_frame(data: bytes | memoryview, position: int) -> tuple[int, int]:
     return magic, total
 
 
-def check_record(data: bytes | memoryview, position: int, expected_physical_offset: int) -> int:
-    """Validate the record at ``position``; return its size or raise :class:`RecordDefect`."""
+def _checked_header(
+    data: bytes | memoryview, position: int, expected_physical_offset: int
+) -> tuple[int, ...]:
+    """The header fields of a valid record at ``position``, or :class:`RecordDefect`."""
     available = len(data) - position
     if available < HEADER_SIZE:
         raise RecordDefect(f"only {available} bytes left, a header needs {HEADER_SIZE}")
-    magic, total, checksum = _FRAME.unpack_from(data, position)
+    fields: tuple[int, ...] = HEADER.unpack_from(data, position)
+    magic, total, checksum = fields[0], fields[1], fields[2]
     if magic != MAGIC_INT:
         raise RecordDefect(f"bad magic 0x{magic:08X}")
     if total < HEADER_SIZE or total > MAX_RECORD_BYTES:
         raise RecordDefect(f"impossible record size {total}")
     if total > available:
         raise RecordDefect(f"record of {total} bytes runs past the end ({available} bytes left)")
-    fields = HEADER.unpack_from(data, position)
     variable = fields[9] + fields[10] + fields[11] + fields[12] + fields[13] + fields[14]
     if HEADER_SIZE + variable != total:
         raise RecordDefect(f"field lengths add up to {HEADER_SIZE + variable}, not {total}")
@@ -207,15 +211,20 @@ def check_record(data: bytes | memoryview, position: int, expected_physical_offs
         raise RecordDefect(f"checksum 0x{actual:08X} does not match stored 0x{checksum:08X}")
     if fields[6] != expected_physical_offset:
         raise RecordDefect(f"record says it lives at log offset {fields[6]}, not {expected_physical_offset}")
-    return int(total)
+    return fields
+
+
+def check_record(data: bytes | memoryview, position: int, expected_physical_offset: int) -> int:
+    """Validate the record at ``position``; return its size or raise :class:`RecordDefect`."""
+    return int(_checked_header(data, position, expected_physical_offset)[1])
 
 
 def decode_record(data: bytes | memoryview, position: int, expected_physical_offset: int) -> StoredRecord:
     """Validate and decode the record at ``position``; raise :class:`RecordDefect` if it is not valid."""
-    total = check_record(data, position, expected_physical_offset)
+    # Recovery decodes every record after the checkpoint: one header unpack, plain slices.
     (
         _magic,
-        _total,
+        total,
         _crc,
         flags,
         queue_id,
@@ -229,26 +238,21 @@ def decode_record(data: bytes | memoryview, position: int, expected_physical_off
         keys_len,
         properties_len,
         body_len,
-    ) = HEADER.unpack_from(data, position)
-    cursor = position + HEADER_SIZE
-    raw = bytes(memoryview(data)[cursor : position + total])
-    cut = 0
-
-    def take(length: int) -> bytes:
-        nonlocal cut
-        piece = raw[cut : cut + length]
-        cut += length
-        return piece
-
+    ) = _checked_header(data, position, expected_physical_offset)
+    raw = bytes(memoryview(data)[position + HEADER_SIZE : position + total])
+    tag_at = topic_len + message_id_len
+    keys_at = tag_at + tag_len
+    properties_at = keys_at + keys_len
+    body_at = properties_at + properties_len
     try:
-        topic = take(topic_len).decode()
-        message_id = take(message_id_len).decode()
-        tag_bytes = take(tag_len)
-        keys_text = take(keys_len).decode()
-        properties_text = take(properties_len).decode()
+        topic = raw[:topic_len].decode()
+        message_id = raw[topic_len:tag_at].decode()
+        tag_bytes = raw[tag_at:keys_at]
+        keys_text = raw[keys_at:properties_at].decode()
+        properties_text = raw[properties_at:body_at].decode()
     except UnicodeDecodeError as error:  # pragma: no cover - the CRC matched, so the writer wrote this
         raise RecordDefect(f"text field is not UTF-8: {error}") from error
-    body = take(body_len)
+    body = raw[body_at : body_at + body_len]
     properties: dict[str, str] = {}
     if properties_text:
         for pair in properties_text.split(_PAIR_SEPARATOR):

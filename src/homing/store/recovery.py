@@ -34,6 +34,8 @@ from homing.store.tag_hash import tag_hash
 
 __all__ = ["RecoveryReport", "index_keys", "rebuild_index_range", "rebuild_queue", "recover"]
 
+_BATCH_ENTRIES = 4096  # consume-queue entries written at once during the scan (128 KiB)
+
 
 @dataclass(slots=True)
 class RecoveryReport:
@@ -113,16 +115,29 @@ def recover(
     report.scanned_from = start
     gap_entries: list[list[tuple[int, int, int]]] = [[] for _ in gaps]
 
+    # Entries are written in batches of consecutive queue offsets, one pwrite per batch rather than
+    # per record: the files end up the same, and the scan after a crash is that much shorter.
+    batches: dict[QueueKey, tuple[int, list[bytes]]] = {}
+
+    def write_batch(key: QueueKey) -> None:
+        first, entries = batches.pop(key)
+        queues.get(key).write(first, b"".join(entries))
+
     scan = LogScan(log, start)
     for record in scan.records():
         key = (record.topic, record.queue_id)
         offset = record.physical_offset
         if offset >= queues_offset or key in rebuild:
-            queue = queues.get(key)
-            queue.write(
-                record.queue_offset,
-                pack_entry(offset, record.size, tag_hash(record.tag), record.store_timestamp_ms),
-            )
+            entry = pack_entry(offset, record.size, tag_hash(record.tag), record.store_timestamp_ms)
+            batch = batches.get(key)
+            if batch is not None and batch[0] + len(batch[1]) == record.queue_offset:
+                batch[1].append(entry)
+                if len(batch[1]) >= _BATCH_ENTRIES:
+                    write_batch(key)
+            else:
+                if batch is not None:
+                    write_batch(key)
+                batches[key] = (record.queue_offset, [entry])
         if record.queue_offset + 1 > queue_next.get(key, 0):
             queue_next[key] = record.queue_offset + 1
         hashes = index_keys(record)
@@ -135,6 +150,8 @@ def recover(
                     gap_entries[gap_number].extend(
                         (value, record.store_timestamp_ms, offset) for value in hashes
                     )
+    for key in list(batches):
+        write_batch(key)
     scan_report = scan.report
     end = scan_report.end_offset if scan_report.records or scan.cut else max(start, scan_report.end_offset)
     report.records_scanned = scan_report.records
