@@ -152,6 +152,10 @@ def test_tag_filter_matches_exactly_its_tags(tags: list[str], message_tag: str) 
     java_trim = "".join(chr(code) for code in range(0x21))
     expected = {tag.strip(java_trim) for tag in tags} - {""}
     expression = " || ".join(tags)
+    if not expression.strip(java_trim):
+        # A blank expression is "subscribe to everything", as documented in filters/tag.py.
+        assert TagFilter.compile(expression).matches_everything
+        return
     if not expected:
         with pytest.raises(FilterExpressionError):
             TagFilter.compile(expression)

@@ -10,6 +10,7 @@ from conftest import StoreHarness, message, read_all, wait_dispatched
 
 from homing.store import CorruptRecordError, MessageStore
 from homing.store.disk import Disk
+from homing.store.record import durable_before
 
 
 def _damage(disk: Disk, path: str, offset: int, data: bytes) -> None:
@@ -234,3 +235,51 @@ def test_damaged_checkpoint_means_a_full_rebuild(harness: StoreHarness, damage: 
     assert store.recovery.scanned_from == 0 and store.recovery.records_scanned == 60
     assert [read_all(store, "orders", queue_id) for queue_id in range(3)] == expected
     assert store.append_durable([message(1000, queue_id=2)]).records[0].queue_offset == 20
+
+
+def test_a_lost_write_before_a_surviving_later_segment_is_a_torn_tail(simulated: StoreHarness) -> None:
+    # Power loss may keep the writes to a later segment while the earlier segment's last write is
+    # lost (two files, written back independently). None of it was acknowledged: recovery must cut
+    # it all, not serve the later records with a hole before them and not call it corruption.
+    store = simulated.open()
+    store.append_durable([message(0, size=3000)])
+    store._group_commit.abandon()  # nothing more becomes durable
+    first = store.append([message(1, size=62_000)]).records[0]  # fills most of segment 0
+    later = store.append([message(2, size=20_000)]).records[0]  # rolls over into segment 1
+    assert store.log.segment_for(first.physical_offset) is not store.log.segment_for(later.physical_offset)
+    later_bytes = store.log.read(later.physical_offset, later.size)
+    later_path, later_file_offset = _segment_path(store, later.physical_offset)
+    simulated.crash()
+    # "Segment 1's write survived, segment 0's did not": put record 2's bytes back, durably.
+    _damage(simulated.disk, later_path, later_file_offset, later_bytes)
+    store = simulated.open()
+    report = store.recovery
+    assert report is not None and report.corrupt_ranges == []
+    assert report.torn_tail is not None and report.torn_tail.start_offset == first.physical_offset
+    assert [item[1] for item in read_all(store, "orders", 0)] == ["id-0"]
+    assert store.append_durable([message(3)]).records[0].queue_offset == 1
+    simulated.crash()
+    store = simulated.open()  # the stale record 2 must not come back either
+    assert [item[1] for item in read_all(store, "orders", 0)] == ["id-0", "id-3"]
+
+
+def test_record_fields_say_what_was_durable_when_they_were_written(harness: StoreHarness) -> None:
+    store = harness.open()
+    first = store.append_durable([message(0)]).records[0]
+    second = store.append_durable([message(1)]).records[0]
+    data = store.log.read(second.physical_offset, second.size)
+    assert durable_before(data, 0) >= first.physical_offset + first.size
+
+
+def test_segment_rollovers_are_not_mistaken_for_damage(harness: StoreHarness) -> None:
+    store = harness.open()
+    for index in range(40):
+        store.append_durable([message(index, size=5000)])  # ~12 records per 64 KiB segment
+    wait_dispatched(store)
+    assert len(store.log.segments) >= 4
+    harness.crash()
+    harness.disk.remove(os.path.join(harness.data_dir, "checkpoint"))  # scan every segment boundary
+    store = harness.open()
+    assert store.recovery is not None
+    assert store.recovery.torn_tail is None and store.recovery.corrupt_ranges == []
+    assert [item[1] for item in read_all(store, "orders", 0)] == [f"id-{i}" for i in range(40)]

@@ -5,12 +5,19 @@ log) and validates each record (frame, lengths, CRC32C, and the record's own ide
 lives). When the bytes at a position are not a valid record, two very different things can be
 going on, and they must not be confused:
 
-* a **torn tail**: the last write(s) before a crash reached the disk only in part. Nothing valid
-  follows. The damaged bytes were never acknowledged (acknowledgement waits for fsync), so they are
-  cut: zeroed and synced, and the cut is reported.
-* **corruption**: a damaged record *followed by valid ones*. Those bytes were acknowledged once;
-  skipping them silently is how stores lose data. The range is reported (file and offset) and
-  never served; the scan resumes at the next valid record.
+* a **torn tail**: the last writes before a crash reached the disk only in part, possibly out of
+  order (a later record, or a later segment, whole while an earlier one is torn). None of it was
+  acknowledged (acknowledgement waits for the fsync that would have covered it), so everything from
+  the damage on is cut: zeroed or removed, synced, and reported.
+* **corruption**: damage to bytes that were durable. Those bytes were acknowledged once; skipping
+  them silently is how stores lose data. The range is reported (file and offset) and never served;
+  the scan resumes at the next valid record.
+
+Each record carries ``durable_before``, the flushed offset when it was appended. The damage at
+offset D is corruption if any valid record after it has ``durable_before`` > D: D was durable before
+that record was written. Otherwise the damaged bytes were never known durable by any later write,
+and they are treated as a torn tail. (One case stays ambiguous, as in every log: media damage to the
+very last synced batch with nothing written after it; it is treated as a tail.)
 
 Zeros where a record would start mean "no more records in this segment". If a later segment
 holds records, the writer rolled over (a record never spans segments); otherwise it is the end of
@@ -26,6 +33,8 @@ from dataclasses import dataclass, field
 
 from homing.store.commit_log import CommitLog, Segment
 from homing.store.record import (
+    FILLER_MAGIC_INT,
+    FILLER_SIZE,
     HEADER_SIZE,
     MAGIC,
     MAGIC_INT,
@@ -34,6 +43,8 @@ from homing.store.record import (
     StoredRecord,
     check_record,
     decode_record,
+    durable_before,
+    is_filler,
     read_frame,
 )
 
@@ -122,8 +133,23 @@ class LogScan:
         self._log = log
         self._start = start_offset
         self.report = ScanReport(end_offset=start_offset)
-        # Where the torn tail begins and ends, when one was found (the caller cuts it).
+        # Where the torn tail begins and ends, when one was found (the caller cuts it), and the
+        # later segments that hold only never-acknowledged bytes (the caller removes them).
         self.cut: tuple[Segment, int, int] | None = None
+        self.cut_segments: list[Segment] = []
+
+    def _damage_was_durable(self, damage_offset: int, found: tuple[Segment, int]) -> bool:
+        """Whether a valid record after the damage says the damaged bytes were already durable."""
+        segment, position = found
+        while True:
+            data = segment.file.pread(HEADER_SIZE, position)
+            if durable_before(data, 0) > damage_offset:
+                return True
+            size = read_frame(data, 0)[1]
+            following = self._find_next_valid(segment, position + size - 1)
+            if following is None:
+                return False
+            segment, position = following
 
     def _find_next_valid(self, segment: Segment, position: int) -> tuple[Segment, int] | None:
         """The first valid record strictly after ``position`` (this segment or any later one)."""
@@ -155,6 +181,15 @@ class LogScan:
             search_from = 0
         return None
 
+    def _later_data(self, segment: Segment) -> bool:
+        """Whether a segment after this one starts with a record (reading a header, not the segment)."""
+        later = self._log.next_segment(segment)
+        while later is not None:
+            if later.file.pread(len(MAGIC), 0) == MAGIC:
+                return True
+            later = self._log.next_segment(later)
+        return False
+
     def records(self) -> Iterator[StoredRecord]:
         segment = self._log.segment_for(self._start)
         position = self._start - segment.base_offset if segment is not None else 0
@@ -173,14 +208,26 @@ class LogScan:
         while position < segment.size:
             buffer, index = reader.view(position, HEADER_SIZE)
             magic, total = read_frame(buffer, index)
-            if magic == 0 and total == 0:
+            room = segment.size - position
+            if magic == FILLER_MAGIC_INT and is_filler(buffer, index, segment.base_offset + position, room):
                 following = self._log.next_segment(segment)
-                if following is not None and following.file.pread(len(MAGIC), 0) == MAGIC:
-                    return following, 0  # the writer rolled over to the next segment
-                if _is_zero_from(reader, position) == 0:
+                if following is None:
+                    self.report.end_offset = segment.end_offset
+                    return None
+                return following, 0  # the writer ended this segment and went on in the next
+            if magic == 0 and total == 0:
+                rest_is_zero = _is_zero_from(reader, position) == 0
+                if rest_is_zero and room < FILLER_SIZE:
+                    # Too little room left for a filler: the writer rolled over without one.
+                    following = self._log.next_segment(segment)
+                    if following is None:
+                        self.report.end_offset = segment.end_offset
+                        return None
+                    return following, 0
+                if rest_is_zero and not self._later_data(segment):
                     self.report.end_offset = segment.base_offset + position
                     return None
-                defect = "non-zero bytes after the last record"
+                defect = "zeros where a record should start, with data after them"
             else:
                 if magic == MAGIC_INT and HEADER_SIZE <= total <= MAX_RECORD_BYTES:
                     buffer, index = reader.view(position, total)
@@ -194,18 +241,25 @@ class LogScan:
                     self.report.end_offset = segment.base_offset + position
                     yield record
                     continue
+            damage_offset = segment.base_offset + position
             following_valid = self._find_next_valid(segment, position)
-            if following_valid is None:
+            if following_valid is None or not self._damage_was_durable(damage_offset, following_valid):
                 end = _is_zero_from(reader, position)
                 self.cut = (segment, position, max(end, position + 1))
+                later = self._log.next_segment(segment)
+                while later is not None:
+                    self.cut_segments.append(later)
+                    later = self._log.next_segment(later)
                 self.report.torn_tail = TornTail(
                     file=segment.path,
                     file_offset=position,
-                    start_offset=segment.base_offset + position,
+                    start_offset=damage_offset,
                     bytes_cut=max(end - position, 0),
-                    reason=defect,
+                    reason=defect
+                    if following_valid is None
+                    else f"{defect}; the records after it were never durable",
                 )
-                self.report.end_offset = segment.base_offset + position
+                self.report.end_offset = damage_offset
                 return None
             next_segment, next_position = following_valid
             self.report.corrupt_ranges.append(

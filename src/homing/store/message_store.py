@@ -43,7 +43,16 @@ from homing.store.group_commit import DurabilityCallback, FlushMode, GroupCommit
 from homing.store.key_index import BUSINESS_KEY_KIND, MESSAGE_ID_KIND, DamagedRunError, KeyIndex, key_hash
 from homing.store.log_scan import CorruptRange
 from homing.store.queue_table import QueueKey, QueueTable
-from homing.store.record import NewRecord, RecordDefect, StoredRecord, decode_record, encode_record
+from homing.store.record import (
+    FILLER_SIZE,
+    HEADER_SIZE,
+    NewRecord,
+    RecordDefect,
+    StoredRecord,
+    decode_record,
+    encode_filler,
+    encode_record,
+)
 from homing.store.recovery import RecoveryReport, rebuild_index_range, rebuild_queue, recover
 from homing.store.tag_hash import NO_TAG_HASH, tag_hash
 
@@ -297,6 +306,8 @@ class MessageStore:
             self._check_writable()
             self.guard.check()
             now_ms = self.clock.now_ms()
+            # Recorded in each record so that recovery can tell damaged acknowledged bytes from a torn tail.
+            durable_before = self._group_commit.flushed_offset
             position = self.write_offset
             segment = self._active_segment(position)
             placements = [_Placement(segment, position)]
@@ -311,7 +322,7 @@ class MessageStore:
                 queue_offset = next_offsets.get(key)
                 if queue_offset is None:
                     queue_offset = self._queue_next.get(key, 0)
-                data = encode_record(record, queue_offset, position, now_ms)
+                data = encode_record(record, queue_offset, position, now_ms, durable_before)
                 size = len(data)
                 if position + size > segment_end:
                     if size > self.log.segment_size_bytes:
@@ -319,12 +330,15 @@ class MessageStore:
                             f"a record of {size} bytes does not fit in a segment "
                             f"of {self.log.segment_size_bytes} bytes"
                         )
+                    room = segment_end - position
+                    if room >= FILLER_SIZE:
+                        chunks.append(encode_filler(position, room))
                     segment = self._segment_after(placements[-1].segment)
                     position = segment.base_offset
                     segment_end = segment.end_offset
                     placements.append(_Placement(segment, position))
                     chunks = placements[-1].chunks
-                    data = encode_record(record, queue_offset, position, now_ms)
+                    data = encode_record(record, queue_offset, position, now_ms, durable_before)
                     size = len(data)
                 chunks.append(data)
                 appended.append(AppendedRecord(position, queue_offset, size, now_ms))
@@ -477,10 +491,14 @@ class MessageStore:
         keyed: list[tuple[int, int, int]] = []  # (key hash, store ms, log offset) for the index
         with self._queues_lock:
             queue = self._dispatch_queue
-            while queue and queue[0][0] < target:
-                physical, size, topic, queue_id, queue_offset, tag, store_ms, message_id, keys = (
-                    queue.popleft()
-                )
+            taken = 0
+            # Items leave the queue only once their entries are written: a failed write (a full
+            # disk under the consume queue) is retried by the next round instead of leaving a hole.
+            for item in queue:
+                if item[0] >= target:
+                    break
+                taken += 1
+                physical, size, topic, queue_id, queue_offset, tag, store_ms, message_id, keys = item
                 key = (topic, queue_id)
                 entries = pending.get(key)
                 if entries is None:
@@ -491,9 +509,11 @@ class MessageStore:
                     keyed.append((key_hash(MESSAGE_ID_KIND, message_id), store_ms, physical))
                 for business_key in keys:
                     keyed.append((key_hash(BUSINESS_KEY_KIND, business_key), store_ms, physical))
-            self.index.add_all(keyed)
             for key, entries in pending.items():
                 self.queues.get(key).write(first_offsets[key], b"".join(entries))
+            for _ in range(taken):
+                queue.popleft()
+            self.index.add_all(keyed)
             self.index.advance(target)
             self.dispatched_offset = max(self.dispatched_offset, target)
         for listener in self._dispatch_listeners:
@@ -736,8 +756,8 @@ class MessageStore:
         return needed
 
     def _first_store_ms(self, segment: Segment) -> int | None:
-        head = segment.file.pread(68, 0)
-        if len(head) < 68 or head[:4] != b"HMR1":
+        head = segment.file.pread(HEADER_SIZE, 0)
+        if len(head) < HEADER_SIZE or head[:4] != b"HMR1":
             return None
         return int.from_bytes(head[44:52], "little")
 

@@ -18,13 +18,27 @@ Layout (all integers little-endian; documented again in docs/STORAGE_FORMAT.md):
     58     2     keys_length
     60     4     properties_length
     64     4     body_length
-    68     ...   topic | message_id | tag | keys | properties | body   (UTF-8 text, raw body)
+    68     8     durable_before      the log offset known durable (flushed) when this record was
+                                     appended: every byte before it had been fsynced already
+    76     ...   topic | message_id | tag | keys | properties | body   (UTF-8 text, raw body)
 
 ``keys`` are joined with 0x1F; ``properties`` are ``name 0x1F value`` pairs joined with 0x1E. Those
 two bytes are therefore refused inside keys, property names and values.
 
+When a record does not fit in what is left of a segment, the writer ends the segment with a
+*filler* (unless fewer than ``FILLER_SIZE`` bytes are left) and puts the record at the start of the
+next one, so that "zeros here, records in the next segment" is never mistaken for a roll::
+
+    offset size  field
+    0      4     magic               b"HMRF"
+    4      4     total_size          bytes from here to the end of the segment
+    8      4     crc32c              of bytes [12, 20)
+    12     8     physical_offset     the filler's own log offset
+
 The record carries its own physical offset so that a reader (and recovery looking for the next
-valid record after damage) can tell a real record from bytes that merely look like one.
+valid record after damage) can tell a real record from bytes that merely look like one. It also
+carries ``durable_before``, which lets recovery tell damage to acknowledged bytes (a later record
+was written when they were already durable: corruption) from a torn, never-acknowledged tail.
 """
 
 from __future__ import annotations
@@ -38,6 +52,7 @@ import crc32c
 from homing.store.errors import InvalidRecordError
 
 __all__ = [
+    "FILLER_SIZE",
     "HEADER",
     "HEADER_SIZE",
     "MAGIC",
@@ -47,17 +62,22 @@ __all__ = [
     "RecordDefect",
     "StoredRecord",
     "decode_record",
+    "durable_before",
+    "encode_filler",
     "encode_record",
+    "is_filler",
     "read_frame",
 ]
 
 MAGIC = b"HMR1"
 MAGIC_INT = int.from_bytes(MAGIC, "little")
-HEADER = struct.Struct("<IIIIIQQQQHHHHII")
-HEADER_SIZE = HEADER.size  # 68
-assert HEADER_SIZE == 68
+HEADER = struct.Struct("<IIIIIQQQQHHHHIIQ")
+HEADER_SIZE = HEADER.size  # 76
+assert HEADER_SIZE == 76
+DURABLE_BEFORE = struct.Struct("<Q")
+DURABLE_BEFORE_AT = 68
 _FRAME = struct.Struct("<III")  # magic, total_size, crc32c
-_HEADER_TAIL = struct.Struct("<IIQQQQHHHHII")  # everything the checksum covers in the header
+_HEADER_TAIL = struct.Struct("<IIQQQQHHHHIIQ")  # everything the checksum covers in the header
 _HAS_TAG = 1 << 31
 
 # Limits, explicit. The broker enforces a smaller body limit (4 MiB by default); these are the
@@ -136,7 +156,11 @@ def encode_properties(properties: Mapping[str, str]) -> bytes:
 
 
 def encode_record(
-    record: NewRecord, queue_offset: int, physical_offset: int, store_timestamp_ms: int
+    record: NewRecord,
+    queue_offset: int,
+    physical_offset: int,
+    store_timestamp_ms: int,
+    durable_before: int = 0,
 ) -> bytes:
     """The record's bytes, framed and checksummed."""
     # Every append runs this once per record: the common fields are encoded inline; ``_text``
@@ -173,11 +197,44 @@ def encode_record(
         len(keys),
         len(properties),
         len(body),
+        durable_before,
     )
     covered = b"".join((header_tail, topic, message_id, tag, keys, properties))  # all but frame and body
     total = _FRAME.size + len(covered) + len(body)
     checksum = crc32c.crc32c(body, crc32c.crc32c(covered))
     return b"".join((_FRAME.pack(MAGIC_INT, total, checksum), covered, body))
+
+
+FILLER_MAGIC = b"HMRF"
+FILLER_MAGIC_INT = int.from_bytes(FILLER_MAGIC, "little")
+_FILLER = struct.Struct("<IIIQ")
+FILLER_SIZE = _FILLER.size  # 20
+
+
+def encode_filler(physical_offset: int, total_size: int) -> bytes:
+    assert total_size >= FILLER_SIZE
+    address = physical_offset.to_bytes(8, "little")
+    return _FILLER.pack(FILLER_MAGIC_INT, total_size, crc32c.crc32c(address), physical_offset)
+
+
+def is_filler(
+    data: bytes | memoryview, position: int, expected_physical_offset: int, expected_total: int
+) -> bool:
+    """Whether the bytes at ``position`` are a valid filler reaching ``expected_total`` bytes further."""
+    if len(data) - position < FILLER_SIZE:
+        return False
+    magic, total, checksum, physical = _FILLER.unpack_from(data, position)
+    return bool(
+        magic == FILLER_MAGIC_INT
+        and total == expected_total
+        and physical == expected_physical_offset
+        and crc32c.crc32c(physical.to_bytes(8, "little")) == checksum
+    )
+
+
+def durable_before(data: bytes | memoryview, position: int) -> int:
+    """The ``durable_before`` field of the (already validated) record at ``position``."""
+    return int(DURABLE_BEFORE.unpack_from(data, position + DURABLE_BEFORE_AT)[0])
 
 
 def read_frame(data: bytes | memoryview, position: int) -> tuple[int, int]:
@@ -238,6 +295,7 @@ def decode_record(data: bytes | memoryview, position: int, expected_physical_off
         keys_len,
         properties_len,
         body_len,
+        _durable_before,
     ) = _checked_header(data, position, expected_physical_offset)
     raw = bytes(memoryview(data)[position + HEADER_SIZE : position + total])
     tag_at = topic_len + message_id_len

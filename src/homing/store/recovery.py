@@ -162,6 +162,10 @@ def recover(
         segment, cut_from, cut_to = scan.cut
         segment.file.pwrite(bytes(cut_to - cut_from), cut_from)
         segment.file.sync()
+        # Later segments hold only bytes that were never durable; stale but valid-looking records
+        # left in them would come back at the next recovery, so they go (the allocator recreates).
+        for later in scan.cut_segments:
+            log.delete_segment(later)
 
     for (gap_start, gap_end), entries in zip(gaps, gap_entries, strict=True):
         entries.sort(key=lambda entry: (entry[0], entry[2]))
