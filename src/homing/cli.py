@@ -172,4 +172,3 @@ def _add_admin_commands() -> None:
 
 
 _add_admin_commands()
-
