@@ -172,3 +172,13 @@ def _add_admin_commands() -> None:
 
 
 _add_admin_commands()
+
+
+def _add_outbox_commands() -> None:
+    # Kept in its own module, which loads SQLAlchemy only when an outbox command runs.
+    from homing.outbox._cli import outbox_group
+
+    main.add_command(outbox_group)
+
+
+_add_outbox_commands()

@@ -491,13 +491,13 @@ class MessageStore:
         keyed: list[tuple[int, int, int]] = []  # (key hash, store ms, log offset) for the index
         with self._queues_lock:
             queue = self._dispatch_queue
-            taken = 0
-            # Items leave the queue only once their entries are written: a failed write (a full
-            # disk under the consume queue) is retried by the next round instead of leaving a hole.
-            for item in queue:
-                if item[0] >= target:
-                    break
-                taken += 1
+            # Items leave the queue now but go back to its front if a write fails (a full disk
+            # under the consume queue): the next round retries instead of leaving a hole.
+            # (popleft is safe against appenders on the other end; iterating the deque is not.)
+            taken: list[_DispatchItem] = []
+            while queue and queue[0][0] < target:
+                item = queue.popleft()
+                taken.append(item)
                 physical, size, topic, queue_id, queue_offset, tag, store_ms, message_id, keys = item
                 key = (topic, queue_id)
                 entries = pending.get(key)
@@ -509,10 +509,12 @@ class MessageStore:
                     keyed.append((key_hash(MESSAGE_ID_KIND, message_id), store_ms, physical))
                 for business_key in keys:
                     keyed.append((key_hash(BUSINESS_KEY_KIND, business_key), store_ms, physical))
-            for key, entries in pending.items():
-                self.queues.get(key).write(first_offsets[key], b"".join(entries))
-            for _ in range(taken):
-                queue.popleft()
+            try:
+                for key, entries in pending.items():
+                    self.queues.get(key).write(first_offsets[key], b"".join(entries))
+            except OSError:
+                queue.extendleft(reversed(taken))
+                raise
             self.index.add_all(keyed)
             self.index.advance(target)
             self.dispatched_offset = max(self.dispatched_offset, target)

@@ -1,0 +1,1 @@
+"""Tests of homing.outbox (a package, so that its conftest and helpers have unique module names)."""
