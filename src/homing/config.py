@@ -495,7 +495,10 @@ class BrokerSettings:
         metadata=_about("How often producers are asked about undecided transactions.", greater_than=0),
     )
     transaction_max_checks: int = field(
-        default=15, metadata=_about("Checks of an undecided transaction before it is rolled back.", minimum=1)
+        default=15,
+        metadata=_about(
+            "Check-backs of an undecided transaction before it is parked for an operator.", minimum=1
+        ),
     )
     push_invisible_duration_s: float = field(
         default=60.0,

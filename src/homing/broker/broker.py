@@ -249,11 +249,19 @@ class Broker:
             except BrokerError as error:
                 for index, _ in immediate:
                     outcomes[index] = error
-        for index, message in special:
+
+        async def send_special(message: Message) -> SendReceipt | BrokerError:
             try:
-                outcomes[index] = await self._send_special(message)
+                return await self._send_special(message)
             except BrokerError as error:
-                outcomes[index] = error
+                return error
+
+        if special:
+            # Together, not one after the other: each waits for its own durable append, and
+            # appends in flight at once share one group commit (one fsync, not one per message).
+            results = await asyncio.gather(*(send_special(message) for _, message in special))
+            for (index, _), result in zip(special, results, strict=True):
+                outcomes[index] = result
         return [
             outcome if outcome is not None else BrokerError("INTERNAL_ERROR", "no outcome")
             for outcome in outcomes

@@ -475,18 +475,23 @@ class MessagingServicer(service_pb2_grpc.MessagingServiceServicer):
             raise BrokerError("BAD_REQUEST", f"at most {MAX_ENTRIES_PER_CALL} entries per AckMessage")
         group = call.name(request.group)
         topic = call.name(request.topic)
-        entries: list[service_pb2.AckMessageResultEntry] = []
-        for entry in request.entries:
+
+        async def ack(receipt_handle: str) -> definition_pb2.Status:
             try:
-                await self._broker.ack(group, topic, entry.receipt_handle)
-                entry_status = ok_status()
+                await self._broker.ack(group, topic, receipt_handle)
+                return ok_status()
             except BrokerError as error:
-                entry_status = error_status(error)
-            entries.append(
-                service_pb2.AckMessageResultEntry(
-                    message_id=entry.message_id, receipt_handle=entry.receipt_handle, status=entry_status
-                )
+                return error_status(error)
+
+        # Together, not one after the other: each ack waits for its journal record to be durable,
+        # and acks in flight at once share one group commit (one fsync, not one per entry).
+        statuses = await asyncio.gather(*(ack(entry.receipt_handle) for entry in request.entries))
+        entries = [
+            service_pb2.AckMessageResultEntry(
+                message_id=entry.message_id, receipt_handle=entry.receipt_handle, status=entry_status
             )
+            for entry, entry_status in zip(request.entries, statuses, strict=True)
+        ]
         return service_pb2.AckMessageResponse(
             status=combined_status([entry.status for entry in entries]), entries=entries
         )
