@@ -327,6 +327,13 @@ class Broker:
         await self.consumption.ack(group, topic, receipt_handle)
         self._wake_receivers()
 
+    async def ack_many(
+        self, group: str, topic: str, receipt_handles: Sequence[str]
+    ) -> list[BrokerError | None]:
+        outcomes = await self.consumption.ack_many(group, topic, receipt_handles)
+        self._wake_receivers()
+        return outcomes
+
     async def change_invisible_duration(
         self, group: str, topic: str, receipt_handle: str, invisible_s: float | None
     ) -> str:

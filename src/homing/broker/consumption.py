@@ -380,15 +380,37 @@ class ConsumptionService:
         return handle, cursor, delivery
 
     async def ack(self, group_name: str, topic: str, receipt_handle: str) -> None:
-        handle, _, delivery = self._current(group_name, topic, receipt_handle)
-        if delivery is None:
-            return  # already done: acks are idempotent
+        outcome = (await self.ack_many(group_name, topic, [receipt_handle]))[0]
+        if outcome is not None:
+            raise outcome
+
+    async def ack_many(
+        self, group_name: str, topic: str, receipt_handles: Sequence[str]
+    ) -> list[BrokerError | None]:
+        """Ack several deliveries with one journal record; per handle, None (acked) or its error.
+
+        One durable append for the whole call: an AckMessage of 32 entries costs one share of a
+        group commit, not 32. Acks are idempotent: one already done is acked again without a write.
+        """
+        outcomes: list[BrokerError | None] = []
+        done: dict[int, list[int]] = {}  # queue id -> offsets
+        for receipt_handle in receipt_handles:
+            try:
+                handle, _, delivery = self._current(group_name, topic, receipt_handle)
+            except BrokerError as error:
+                outcomes.append(error)
+                continue
+            outcomes.append(None)
+            if delivery is not None:
+                done.setdefault(handle.queue_id, []).append(handle.queue_offset)
         events: list[Event] = []
-        self._apply(
-            {"k": "done", "g": group_name, "t": topic, "q": handle.queue_id, "o": [handle.queue_offset]},
-            events,
-        )
-        await self._commit(events)
+        for queue_id, offsets in done.items():
+            self._apply({"k": "done", "g": group_name, "t": topic, "q": queue_id, "o": offsets}, events)
+        try:
+            await self._commit(events)
+        except BrokerError as error:
+            return [error if outcome is None else outcome for outcome in outcomes]
+        return outcomes
 
     async def change_invisible_duration(
         self, group_name: str, topic: str, receipt_handle: str, invisible_s: float | None

@@ -476,16 +476,11 @@ class MessagingServicer(service_pb2_grpc.MessagingServiceServicer):
         group = call.name(request.group)
         topic = call.name(request.topic)
 
-        async def ack(receipt_handle: str) -> definition_pb2.Status:
-            try:
-                await self._broker.ack(group, topic, receipt_handle)
-                return ok_status()
-            except BrokerError as error:
-                return error_status(error)
-
-        # Together, not one after the other: each ack waits for its journal record to be durable,
-        # and acks in flight at once share one group commit (one fsync, not one per entry).
-        statuses = await asyncio.gather(*(ack(entry.receipt_handle) for entry in request.entries))
+        # One journal record for the whole call: all its acks share one durable append.
+        outcomes = await self._broker.ack_many(
+            group, topic, [entry.receipt_handle for entry in request.entries]
+        )
+        statuses = [ok_status() if outcome is None else error_status(outcome) for outcome in outcomes]
         entries = [
             service_pb2.AckMessageResultEntry(
                 message_id=entry.message_id, receipt_handle=entry.receipt_handle, status=entry_status
