@@ -72,6 +72,9 @@ class StoreConfig:
     segment_size_bytes: int = 256 * 1024 * 1024
     consume_queue_entries_per_file: int = 300_000
     index_buffer_entries: int = 100_000
+    # Also write the key-index buffer as a run once it covers this much log: recovery rescans the
+    # log from the index's covered end, so this bounds the scan after a crash (and the restart time).
+    index_max_unflushed_bytes: int = 64 * 1024 * 1024
     checkpoint_interval_s: float = 1.0
     max_disk_used_ratio: float = 0.75
     retention_s: float = 72 * _HOUR_S
@@ -470,7 +473,8 @@ class MessageStore:
                 return
             try:
                 self._dispatch_up_to(self._group_commit.flushed_offset)
-                if self.index.buffer_full:
+                unflushed = self.index.buffered_end - self.index.covered_end
+                if self.index.buffer_full or unflushed >= self.config.index_max_unflushed_bytes:
                     with self._queues_lock:
                         self.index.flush()
                 if time.monotonic() - self._last_checkpoint_s >= self.config.checkpoint_interval_s:
