@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 from collections import defaultdict
 
@@ -345,6 +346,91 @@ def test_simple_consumer_ack_with_a_stale_receipt_handle_fails() -> None:
                 with pytest.raises(BadRequestError) as raised:
                     await consumer.ack(message)
                 assert raised.value.code_name == "INVALID_RECEIPT_HANDLE"
+
+    run(scenario())
+
+
+def test_simple_consumer_ack_many_sends_one_call_per_topic_with_per_message_outcomes() -> None:
+    async def scenario() -> None:
+        async with FakeBroker() as broker:
+            await publish(
+                broker,
+                *(Message("orders", f"o{i}".encode()) for i in range(4)),
+                *(Message("refunds", f"r{i}".encode()) for i in range(2)),
+            )
+            async with AsyncSimpleConsumer(
+                broker.endpoint,
+                group="audit",
+                subscriptions={"orders": "*", "refunds": "*"},
+                await_duration_s=0.3,
+                timings=FAST,
+            ) as consumer:
+                received: list[ReceivedMessage] = []
+                while len(received) < 6:
+                    received += await consumer.receive(max_messages=8, invisible_duration=30)
+                await consumer.ack(received[0])  # its handle is now stale: that entry alone fails
+                broker.calls.clear()
+                outcomes = await consumer.ack_many(received)
+                assert broker.methods_called().count("AckMessage") == 2  # one per topic
+                from homing.client import BadRequestError
+
+                assert isinstance(outcomes[0], BadRequestError)
+                assert outcomes[0].code_name == "INVALID_RECEIPT_HANDLE"
+                assert outcomes[1:] == [None] * 5
+                assert sorted(message_id for _, message_id in broker.acks) == sorted(
+                    m.message_id for m in received
+                )
+                assert await consumer.ack_many([]) == []
+                no_handle = dataclasses.replace(received[1], receipt_handle="")
+                with pytest.raises(InvalidArgumentError, match="no receipt handle"):
+                    await consumer.ack_many([received[1], no_handle])
+
+    run(scenario())
+
+
+def test_simple_consumer_acks_made_together_share_a_call_and_keep_their_own_outcomes() -> None:
+    async def scenario() -> None:
+        async with FakeBroker() as broker:
+            await publish(broker, *(Message("orders", f"o{i}".encode()) for i in range(5)))
+            async with AsyncSimpleConsumer(
+                broker.endpoint, group="audit", subscriptions={"orders": "*"}, timings=FAST
+            ) as consumer:
+                received = await consumer.receive(max_messages=8, invisible_duration=30)
+                assert len(received) == 5
+                await consumer.ack(received[0])
+                broker.calls.clear()
+                outcomes = await asyncio.gather(
+                    *(consumer.ack(message) for message in received), return_exceptions=True
+                )
+                assert broker.methods_called().count("AckMessage") == 1
+                from homing.client import BadRequestError
+
+                assert isinstance(outcomes[0], BadRequestError)  # already acked: a stale handle
+                assert outcomes[1:] == [None] * 4
+
+    run(scenario())
+
+
+def test_push_consumer_coalesces_the_acks_of_handlers_that_finish_together() -> None:
+    async def scenario() -> None:
+        async with FakeBroker() as broker:
+            ids = await publish(broker, *(Message("orders", f"m{i}".encode()) for i in range(20)))
+            release = asyncio.Event()
+            consumer = push_consumer(broker)
+
+            @consumer.subscribe("orders")
+            async def handle(message: ReceivedMessage) -> None:
+                await release.wait()
+
+            async with consumer:
+                await wait_until(lambda: len(broker.receive_requests) >= 1, what="a receive")
+                await asyncio.sleep(0.2)  # every message is held by a waiting handler
+                broker.calls.clear()
+                release.set()
+                await wait_until(lambda: len(broker.acks) == 20, what="twenty acks")
+                ack_calls = broker.methods_called().count("AckMessage")
+            assert sorted(message_id for _, message_id in broker.acks) == sorted(ids)
+            assert 1 <= ack_calls < 20
 
     run(scenario())
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -248,6 +249,21 @@ def test_concurrent_sends_are_coalesced_and_each_caller_gets_its_own_result() ->
             assert (
                 len({receipt.offset for receipt in receipts if not isinstance(receipt, BaseException)}) == 20
             )
+
+    run(scenario())
+
+
+def test_a_lone_sender_does_not_wait_for_the_linger() -> None:
+    # Nothing is outstanding between one send and the next, so there is nothing to wait for.
+    async def scenario() -> None:
+        async with FakeBroker() as broker:
+            async with producer(broker, linger_s=0.5) as client:
+                await client.send(Message("orders", b"warm-up"))
+                started = time.monotonic()
+                for index in range(5):
+                    await client.send(Message("orders", f"m{index}".encode()))
+                assert time.monotonic() - started < 0.5
+            assert [len(request.messages) for request in broker.send_requests] == [1] * 6
 
     run(scenario())
 

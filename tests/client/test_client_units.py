@@ -31,16 +31,18 @@ from homing.client import (
     NotFoundError,
     PersistenceTimeoutError,
     ProtocolError,
+    ReceivedMessage,
     RetryPolicy,
     StatusError,
     TooManyRequestsError,
     TransportError,
 )
 from homing.client._codec import ServerSettings, decode_message, match_send_results, parse_settings
+from homing.client._consumer import match_ack_results
 from homing.client._errors import status_error, transport_error
 from homing.client._ids import MessageIdFactory, next_message_id
 from homing.client._retry import DEFAULT_PRODUCER_RETRY
-from homing.client._session import Route, request_metadata, sign
+from homing.client._session import ClientSession, Route, request_metadata, sign
 from homing.errors import HomingError
 from homing.protocol import definition_pb2, service_pb2
 
@@ -280,6 +282,40 @@ def test_headers_and_signature() -> None:
     assert "authorization" not in plain and "x-mq-namespace" not in plain
 
 
+def test_session_headers_are_made_once_a_second_with_a_new_request_id_per_call() -> None:
+    config = ClientConfig("h:1", credentials=Credentials("AK1", "SK1"), namespace="shop")
+    session = ClientSession(
+        config,
+        client_type=definition_pb2.PRODUCER,
+        settings_request=definition_pb2.Settings,
+        initial_settings=ServerSettings(retry=DEFAULT_PRODUCER_RETRY),
+    )
+    first, second = dict(session.metadata()), dict(session.metadata())
+    assert first["x-mq-request-id"] != second["x-mq-request-id"]
+    date_time = first["x-mq-date-time"]
+    signed = dict(
+        request_metadata(config, session.client_id, datetime.strptime(date_time, "%Y%m%dT%H%M%S%z"))
+    )
+    for headers in (first, second):
+        if headers["x-mq-date-time"] == date_time:
+            assert {k: v for k, v in headers.items() if k != "x-mq-request-id"} == {
+                k: v for k, v in signed.items() if k != "x-mq-request-id"
+            }
+    assert list(first) == list(signed)  # same headers, same order
+
+
+def test_endpoints_text_and_target_are_kept() -> None:
+    endpoints = Endpoints.parse("10.0.0.1:8081;10.0.0.2:8081")
+    assert str(endpoints) == "10.0.0.1:8081;10.0.0.2:8081"
+    assert endpoints.grpc_target == "ipv4:10.0.0.1:8081,10.0.0.2:8081"
+    assert (
+        Endpoints.parse("[::1]:1").grpc_target == "[::1]:1" and str(Endpoints.parse("[::1]:1")) == "[::1]:1"
+    )
+    assert endpoints == Endpoints((("10.0.0.1", 8081), ("10.0.0.2", 8081)))
+    assert hash(endpoints) == hash(Endpoints((("10.0.0.1", 8081), ("10.0.0.2", 8081))))
+    assert "_text" not in repr(endpoints)
+
+
 # ------------------------------------------------------------------------------------------------
 # Retry policies and settings
 
@@ -356,6 +392,52 @@ def test_route_uses_leaders_with_fitting_permission() -> None:
     assert [str(e) for e in route.writable_endpoints()] == ["127.0.0.1:1"]
     assert len(route.readable_queues()) == 2
     assert route.accepts(definition_pb2.NORMAL) and not route.accepts(definition_pb2.FIFO)
+
+
+def _acked(handle: str) -> ReceivedMessage:
+    return decode_message(
+        definition_pb2.Message(
+            topic=definition_pb2.Resource(name="t"),
+            system_properties=definition_pb2.SystemProperties(
+                message_id=f"id-{handle}", receipt_handle=handle
+            ),
+            body=b"x",
+        ),
+        Endpoints.parse("h:1"),
+    )
+
+
+def test_ack_results_are_matched_per_message() -> None:
+    messages = [_acked("a"), _acked("b"), _acked("c")]
+
+    def entry(handle: str, code: int = 0) -> service_pb2.AckMessageResultEntry:
+        result = service_pb2.AckMessageResultEntry(message_id=f"id-{handle}", receipt_handle=handle)
+        if code:
+            result.status.code = code  # type: ignore[assignment]
+        return result
+
+    ok = definition_pb2.Status(code=definition_pb2.OK)
+    mixed = service_pb2.AckMessageResponse(
+        status=definition_pb2.Status(code=definition_pb2.MULTIPLE_RESULTS),
+        entries=[
+            entry("c", definition_pb2.OK),
+            entry("a", definition_pb2.INVALID_RECEIPT_HANDLE),
+            entry("b", definition_pb2.OK),
+        ],
+    )
+    outcomes = match_ack_results(messages, mixed)
+    assert isinstance(outcomes[0], BadRequestError) and outcomes[0].code_name == "INVALID_RECEIPT_HANDLE"
+    assert outcomes[1:] == [None, None]
+    # Entries without a status take the call's; a message the answer skips is unknown.
+    partial = match_ack_results(messages, service_pb2.AckMessageResponse(status=ok, entries=[entry("a")]))
+    assert partial[0] is None and all(isinstance(o, ProtocolError) for o in partial[1:])
+    # An answer without any entry speaks for every message through its status.
+    assert match_ack_results(messages, service_pb2.AckMessageResponse(status=ok)) == [None] * 3
+    refused = service_pb2.AckMessageResponse(status=definition_pb2.Status(code=definition_pb2.FORBIDDEN))
+    assert all(
+        isinstance(o, ClientError) and not isinstance(o, ProtocolError)
+        for o in match_ack_results(messages, refused)
+    )
 
 
 # ------------------------------------------------------------------------------------------------

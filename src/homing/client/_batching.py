@@ -3,8 +3,11 @@
 Each send attempt of a batchable message is *submitted* with its topic and the broker endpoint
 chosen for it, and gets a future of its own outcome. Submissions with the same (topic, endpoint)
 gather in one open batch, which is sent when it is full (``max_messages`` or ``max_bytes``) or
-when ``linger_s`` has passed since its first message, whichever comes first. One SendMessage call
-carries the batch; the broker answers per entry and each future gets its own entry (or error).
+when ``linger_s`` has passed since its first message, whichever comes first. While no call of
+the producer is outstanding there is nothing to wait for: the batch is sent as soon as the event
+loop has run what is ready (so sends started together, e.g. by one ``gather``, still share a
+call), and a lone sender does not pay the linger on every message. One SendMessage call carries
+the batch; the broker answers per entry and each future gets its own entry (or error).
 
 Limits: a batch never exceeds ``max_messages`` nor ``max_bytes()`` (a single message larger than
 that travels alone; the producer passes the smaller of its own limit and the broker's body limit,
@@ -42,7 +45,7 @@ class _Batch:
     messages: list[definition_pb2.Message] = field(default_factory=list)
     futures: list[asyncio.Future[service_pb2.SendResultEntry]] = field(default_factory=list)
     size_bytes: int = 0
-    timer: asyncio.TimerHandle | None = None
+    timer: asyncio.Handle | None = None
 
 
 class Batcher:
@@ -63,6 +66,7 @@ class Batcher:
         self._in_flight = asyncio.Semaphore(max_in_flight)
         self._open: dict[tuple[str, str], _Batch] = {}
         self._dispatches: set[asyncio.Task[None]] = set()
+        self._outstanding = 0  # batches flushed whose outcomes are not yet delivered
         self._closed = False
 
     def submit(
@@ -84,7 +88,10 @@ class Batcher:
         if batch is None:
             batch = _Batch(endpoints)
             self._open[key] = batch
-            batch.timer = loop.call_later(self._linger_s, self._flush, key)
+            if self._outstanding:
+                batch.timer = loop.call_later(self._linger_s, self._flush, key)
+            else:  # nothing outstanding: lingering would only add latency
+                batch.timer = loop.call_soon(self._flush, key)
         future: asyncio.Future[service_pb2.SendResultEntry] = loop.create_future()
         batch.messages.append(message)
         batch.futures.append(future)
@@ -99,6 +106,7 @@ class Batcher:
             return
         if batch.timer is not None:
             batch.timer.cancel()
+        self._outstanding += 1
         task = asyncio.get_running_loop().create_task(self._dispatch(batch), name="homing send batch")
         self._dispatches.add(task)
         task.add_done_callback(self._dispatches.discard)
@@ -112,8 +120,12 @@ class Batcher:
         except BaseException as error:  # deliver whatever happened to every waiting caller
             outcomes = [error] * len(batch.messages)
             if not isinstance(error, Exception):
+                self._outstanding -= 1
                 _resolve(batch.futures, outcomes)
                 raise
+        # Before the callers wake up: a caller that sends again at once must not find this batch
+        # still counted (its message would linger for nothing).
+        self._outstanding -= 1
         _resolve(batch.futures, outcomes)
 
     async def close(self) -> None:

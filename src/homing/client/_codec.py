@@ -184,11 +184,13 @@ def match_send_results(
             error = status_error(overall)
         return [error] * count
     if len(entries) == count:
-        by_id = {entry.message_id: entry for entry in entries if entry.message_id}
+        by_id: dict[str, service_pb2.SendResultEntry] | None = None  # made only if the order differs
         ordered = []
-        for index, message_id in enumerate(message_ids):
-            entry = entries[index]
-            if entry.message_id and entry.message_id != message_id:
+        for entry, message_id in zip(entries, message_ids, strict=True):
+            entry_id = entry.message_id
+            if entry_id and entry_id != message_id:
+                if by_id is None:
+                    by_id = {other.message_id: other for other in entries if other.message_id}
                 found = by_id.get(message_id)
                 if found is None:
                     return [
@@ -227,9 +229,10 @@ def _entry_outcome(
 ) -> service_pb2.SendResultEntry | ClientError:
     # An entry without a status takes the call's (some servers fill only the overall status).
     status = entry.status if entry.HasField("status") and entry.status.code else overall
-    if status.code == definition_pb2.OK:
+    code = status.code
+    if code == definition_pb2.OK:
         return entry
-    if status.code == definition_pb2.MULTIPLE_RESULTS:
+    if code == definition_pb2.MULTIPLE_RESULTS:
         return ProtocolError("a send result entry says MULTIPLE_RESULTS")
     return status_error(status)
 

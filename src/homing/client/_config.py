@@ -45,10 +45,18 @@ class Endpoints:
     """One or more equivalent ``(host, port)`` addresses of a broker or proxy."""
 
     addresses: tuple[tuple[str, int], ...]
+    # Worked out once: both are read on every send (batch keys, channel lookup).
+    _text: str = field(init=False, repr=False, compare=False)
+    _target: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.addresses:
             raise InvalidArgumentError("endpoints need at least one host:port address")
+        text = ";".join(
+            f"[{host}]:{port}" if ":" in host else f"{host}:{port}" for host, port in self.addresses
+        )
+        object.__setattr__(self, "_text", text)
+        object.__setattr__(self, "_target", self._grpc_target())
 
     @classmethod
     def parse(cls, text: str) -> Endpoints:
@@ -83,6 +91,9 @@ class Endpoints:
     @property
     def grpc_target(self) -> str:
         """The target gRPC dials: all addresses for IP literals (gRPC balances), else the first name."""
+        return self._target
+
+    def _grpc_target(self) -> str:
         scheme = self._scheme()
         if scheme == definition_pb2.IPv4 and len(self.addresses) > 1:
             return "ipv4:" + ",".join(f"{host}:{port}" for host, port in self.addresses)
@@ -92,9 +103,7 @@ class Endpoints:
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     def __str__(self) -> str:
-        return ";".join(
-            f"[{host}]:{port}" if ":" in host else f"{host}:{port}" for host, port in self.addresses
-        )
+        return self._text
 
 
 def _ip_version(host: str) -> int | None:

@@ -10,11 +10,12 @@ process: the broker's redelivery is the safety net, acks are the promise.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import math
 import types
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Final, Self
 
@@ -28,7 +29,13 @@ from homing.client._codec import (
     resource,
 )
 from homing.client._config import ClientConfig, Endpoints, resolve_config
-from homing.client._errors import InvalidArgumentError, NotFoundError, status_error
+from homing.client._errors import (
+    ClientError,
+    InvalidArgumentError,
+    NotFoundError,
+    ProtocolError,
+    status_error,
+)
 from homing.client._message import FilterExpression, ReceivedMessage, validate_group, validate_topic
 from homing.client._retry import DEFAULT_CONSUMER_RETRY, duration
 from homing.client._session import ClientSession, Timings, client_version
@@ -42,6 +49,53 @@ log = logging.getLogger("homing.client")
 MAX_RECEIVE_MESSAGES: Final = 1024
 MAX_INVISIBLE_DURATION_S: Final = 12 * 3600.0
 MAX_AWAIT_DURATION_S: Final = 60.0
+MAX_ACK_ENTRIES: Final = 1024
+"""Entries of one AckMessage call (Homing's limit per call)."""
+
+
+def match_ack_results(
+    messages: Sequence[ReceivedMessage], response: service_pb2.AckMessageResponse
+) -> list[ClientError | None]:
+    """One outcome per message acked in one AckMessage call (None: acked).
+
+    Entries are matched by receipt handle (in order when they line up); an entry without a status
+    takes the call's, and so does every message of an answer without any entry. A message left
+    out of an answer that has entries gets the call's status if that is an error, else a
+    ProtocolError: its outcome is unknown.
+    """
+    overall = response.status
+    entries = list(response.entries)
+    if not entries:
+        whole: ClientError | None = None
+        if overall.code == definition_pb2.MULTIPLE_RESULTS:
+            whole = ProtocolError("AckMessage answered MULTIPLE_RESULTS without any entry")
+        elif overall.code != definition_pb2.OK:
+            whole = status_error(overall)
+        return [whole] * len(messages)
+    if len(entries) == len(messages) and all(
+        entry.receipt_handle in ("", message.receipt_handle)
+        for entry, message in zip(entries, messages, strict=True)
+    ):
+        matched: list[service_pb2.AckMessageResultEntry | None] = list(entries)
+    else:
+        by_handle = {entry.receipt_handle: entry for entry in entries if entry.receipt_handle}
+        matched = [by_handle.get(message.receipt_handle) for message in messages]
+    outcomes: list[ClientError | None] = []
+    for message, found in zip(messages, matched, strict=True):
+        if found is not None and found.HasField("status") and found.status.code:
+            status = found.status
+        elif found is not None or overall.code not in (definition_pb2.OK, definition_pb2.MULTIPLE_RESULTS):
+            status = overall
+        else:
+            outcomes.append(ProtocolError(f"AckMessage answered nothing for message {message.message_id}"))
+            continue
+        if status.code == definition_pb2.OK:
+            outcomes.append(None)
+        elif status.code == definition_pb2.MULTIPLE_RESULTS:
+            outcomes.append(ProtocolError(f"the ack of {message.message_id} says MULTIPLE_RESULTS"))
+        else:
+            outcomes.append(status_error(status))
+    return outcomes
 
 
 def invisible_seconds(value: timedelta | float, what: str = "invisible_duration") -> float:
@@ -83,33 +137,64 @@ class ConsumerOperations:
         namespace = self.session.config.namespace
         return resource(self.group, namespace), resource(message.topic, namespace)
 
-    async def ack(self, message: ReceivedMessage) -> None:
-        if not message.receipt_handle:
-            raise InvalidArgumentError(
-                f"message {message.message_id} has no receipt handle: it cannot be acked"
-            )
+    async def ack_many(self, messages: Sequence[ReceivedMessage]) -> list[ClientError | None]:
+        """Ack ``messages`` in as few calls as possible; one outcome per message, in order.
+
+        An AckMessage carries one group and one topic, so the messages are grouped by (broker
+        endpoint, topic), ``MAX_ACK_ENTRIES`` per call, and the calls made concurrently. None
+        means acked; a :class:`ClientError` is that message's failure (its entry's status, or the
+        call's when the call failed as a whole). Raises only for messages that cannot be acked at
+        all (no receipt handle) or a closed client, before anything is sent.
+        """
+        for message in messages:
+            if not message.receipt_handle:
+                raise InvalidArgumentError(
+                    f"message {message.message_id} has no receipt handle: it cannot be acked"
+                )
         self.session.require_open()
-        group, topic = self._group_and_topic(message)
-        endpoints = Endpoints.parse(message.endpoint)
-        response = await self.session.invoke(
-            self.session.stub(endpoints).AckMessage,
-            service_pb2.AckMessageRequest(
-                group=group,
-                topic=topic,
-                entries=[
-                    service_pb2.AckMessageEntry(
-                        message_id=message.message_id, receipt_handle=message.receipt_handle
-                    )
-                ],
-            ),
-            what=f"AckMessage of {message.message_id} at {endpoints}",
+        outcomes: list[ClientError | None] = [None] * len(messages)
+        groups: dict[tuple[str, str], list[int]] = {}
+        for index, message in enumerate(messages):
+            groups.setdefault((message.endpoint, message.topic), []).append(index)
+        chunks = [
+            indexes[start : start + MAX_ACK_ENTRIES]
+            for indexes in groups.values()
+            for start in range(0, len(indexes), MAX_ACK_ENTRIES)
+        ]
+        results = await asyncio.gather(
+            *(
+                self._ack_call(Endpoints.parse(messages[chunk[0]].endpoint), [messages[i] for i in chunk])
+                for chunk in chunks
+            )
         )
-        status = response.status
-        for entry in response.entries:
-            if entry.HasField("status") and entry.status.code != definition_pb2.OK:
-                status = entry.status
-        if status.code != definition_pb2.OK:
-            raise status_error(status)
+        for chunk, chunk_outcomes in zip(chunks, results, strict=True):
+            for index, outcome in zip(chunk, chunk_outcomes, strict=True):
+                outcomes[index] = outcome
+        return outcomes
+
+    async def _ack_call(
+        self, endpoints: Endpoints, messages: Sequence[ReceivedMessage]
+    ) -> list[ClientError | None]:
+        """One AckMessage of messages of one topic at one endpoint: one outcome per message."""
+        group, topic = self._group_and_topic(messages[0])
+        try:
+            response = await self.session.invoke(
+                self.session.stub(endpoints).AckMessage,
+                service_pb2.AckMessageRequest(
+                    group=group,
+                    topic=topic,
+                    entries=[
+                        service_pb2.AckMessageEntry(
+                            message_id=message.message_id, receipt_handle=message.receipt_handle
+                        )
+                        for message in messages
+                    ],
+                ),
+                what=f"AckMessage of {len(messages)} message(s) at {endpoints}",
+            )
+        except ClientError as error:
+            return [error] * len(messages)
+        return match_ack_results(messages, response)
 
     async def change_invisible_duration(self, message: ReceivedMessage, seconds: float) -> None:
         """Hide the message for ``seconds`` from now; its receipt handle is replaced by the new one."""
@@ -172,6 +257,98 @@ class ConsumerOperations:
         return good, bad
 
 
+class AckCoalescer:
+    """Acks of messages finished one by one, sent together: ``await ack(message)`` per message.
+
+    An ack waits only for the event loop to run what is ready (acks finished in the same pass go
+    in one call) and, while ``max_in_flight`` ack calls are outstanding, for one of them to end:
+    under load the acks pile up meanwhile and leave as one AckMessage per broker and topic (see
+    :meth:`ConsumerOperations.ack_many`), so a busy consumer makes few calls and an idle one adds
+    no delay. Each caller still gets its own outcome: ``ack`` returns once the broker said OK for
+    its message, and raises that message's ClientError otherwise.
+    """
+
+    def __init__(self, operations: ConsumerOperations, *, max_in_flight: int = 4) -> None:
+        assert max_in_flight >= 1
+        self._operations = operations
+        self._max_in_flight = max_in_flight
+        self._pending: list[tuple[ReceivedMessage, asyncio.Future[None]]] = []
+        self._scheduled = False
+        self._calls: set[asyncio.Task[None]] = set()
+
+    async def ack(self, message: ReceivedMessage) -> None:
+        if not message.receipt_handle:
+            raise InvalidArgumentError(
+                f"message {message.message_id} has no receipt handle: it cannot be acked"
+            )
+        self._operations.session.require_open()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._pending.append((message, future))
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._flush)
+        await future
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        if not self._pending or len(self._calls) >= self._max_in_flight:
+            return  # the end of an outstanding call flushes what waits
+        batch, self._pending = self._pending[:MAX_ACK_ENTRIES], self._pending[MAX_ACK_ENTRIES:]
+        task = asyncio.get_running_loop().create_task(self._send(batch), name="homing acks")
+        self._calls.add(task)
+        task.add_done_callback(self._call_done)
+        if self._pending and not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    async def _send(self, batch: list[tuple[ReceivedMessage, asyncio.Future[None]]]) -> None:
+        outcomes: Sequence[BaseException | None]
+        try:
+            outcomes = await self._operations.ack_many([message for message, _ in batch])
+        except BaseException as error:  # every waiting caller learns what happened
+            outcomes = [error] * len(batch)
+            if not isinstance(error, Exception):
+                self._finish(batch, outcomes)
+                raise
+        self._finish(batch, outcomes)
+
+    def _finish(
+        self,
+        batch: list[tuple[ReceivedMessage, asyncio.Future[None]]],
+        outcomes: Sequence[BaseException | None],
+    ) -> None:
+        current = asyncio.current_task()
+        if current is not None:
+            self._calls.discard(current)  # before the callers wake: a new ack may go at once
+        for (_, future), outcome in zip(batch, outcomes, strict=True):
+            if future.done():  # the caller gave up (cancelled)
+                continue
+            if outcome is None:
+                future.set_result(None)
+            elif isinstance(outcome, asyncio.CancelledError):
+                future.cancel()
+            else:
+                future.set_exception(outcome)
+        if self._pending and not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _call_done(self, task: asyncio.Task[None]) -> None:
+        self._calls.discard(task)
+        if self._pending and not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    async def wait_idle(self) -> None:
+        """Wait until every ack handed over has been answered (or failed)."""
+        while self._calls or self._pending:
+            if self._calls:
+                await asyncio.gather(*list(self._calls), return_exceptions=True)
+            else:
+                await asyncio.sleep(0)
+
+
 class AsyncSimpleConsumer:
     """Receives messages when asked; the application acks each one (or changes its invisibility).
 
@@ -210,6 +387,7 @@ class AsyncSimpleConsumer:
             timings=timings,
         )
         self._operations = ConsumerOperations(self._session, self._group)
+        self._acks = AckCoalescer(self._operations)
         self._topic_turn = itertools.count()
         self._queue_turns: dict[str, itertools.count[int]] = {}
 
@@ -226,6 +404,7 @@ class AsyncSimpleConsumer:
         await self._session.start(self._filters)
 
     async def close(self) -> None:
+        await self._acks.wait_idle()
         await self._session.close()
 
     async def __aenter__(self) -> Self:
@@ -277,8 +456,23 @@ class AsyncSimpleConsumer:
         return messages
 
     async def ack(self, message: ReceivedMessage) -> None:
-        """The message is done: the broker never delivers it to this group again."""
-        await self._operations.ack(message)
+        """The message is done: the broker never delivers it to this group again.
+
+        Returns once the broker said OK for this message; raises its error otherwise. Acks made
+        concurrently (e.g. ``gather`` over a received batch) travel together in one AckMessage
+        per broker and topic.
+        """
+        await self._acks.ack(message)
+
+    async def ack_many(self, messages: Sequence[ReceivedMessage]) -> list[ClientError | None]:
+        """Ack several messages at once: one AckMessage per broker and topic instead of one per message.
+
+        Returns one outcome per message, in order: None when it was acked, else its
+        :class:`ClientError` (a message whose ack failed is delivered again once its invisibility
+        ends, as after a failed :meth:`ack`). Raises InvalidArgumentError, before sending anything,
+        if a message has no receipt handle.
+        """
+        return await self._operations.ack_many(messages)
 
     async def change_invisible_duration(
         self, message: ReceivedMessage, invisible_duration: timedelta | float

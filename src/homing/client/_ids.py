@@ -42,17 +42,19 @@ class MessageIdFactory:
         self._clock_s = time.time if clock_s is None else clock_s
         self._lock = threading.Lock()
         self._sequence = 0
+        self._second = -1
+        self._second_prefix = ""
 
     def next(self) -> str:
-        seconds = int(self._clock_s()) - _EPOCH_2021_S
+        seconds = (int(self._clock_s()) - _EPOCH_2021_S) & 0xFFFF_FFFF
         with self._lock:
             sequence = self._sequence
             self._sequence = (sequence + 1) & 0xFFFF_FFFF
-        return (
-            self._prefix
-            + (seconds & 0xFFFF_FFFF).to_bytes(4, "big").hex().upper()
-            + sequence.to_bytes(4, "big").hex().upper()
-        )
+            if seconds != self._second:  # the prefix with the time field changes once a second
+                self._second = seconds
+                self._second_prefix = f"{self._prefix}{seconds:08X}"
+            prefix = self._second_prefix
+        return f"{prefix}{sequence:08X}"
 
 
 _FACTORY: MessageIdFactory | None = None
@@ -62,10 +64,12 @@ _FACTORY_LOCK = threading.Lock()
 def next_message_id() -> str:
     """A new message id from the process-wide factory (made lazily: after a fork the pid is new)."""
     global _FACTORY
-    with _FACTORY_LOCK:
-        if _FACTORY is None:
-            _FACTORY = MessageIdFactory()
-        factory = _FACTORY
+    factory = _FACTORY
+    if factory is None:
+        with _FACTORY_LOCK:
+            if _FACTORY is None:
+                _FACTORY = MessageIdFactory()
+            factory = _FACTORY
     return factory.next()
 
 

@@ -42,7 +42,7 @@ from typing import Any, Final, Self, TypeVar, overload
 from homing.client import _tracing
 from homing.client._codec import ServerSettings, SubscriptionRequest, build_settings, decode_message, resource
 from homing.client._config import ClientConfig, Endpoints, resolve_config
-from homing.client._consumer import ConsumerOperations
+from homing.client._consumer import AckCoalescer, ConsumerOperations
 from homing.client._errors import ClientError, ClientStateError, InvalidArgumentError, status_error
 from homing.client._message import FilterExpression, ReceivedMessage, validate_group, validate_topic
 from homing.client._retry import DEFAULT_CONSUMER_RETRY, RetryPolicy
@@ -148,6 +148,7 @@ class AsyncPushConsumer:
             timings=timings,
         )
         self._operations = ConsumerOperations(self._session, self._group)
+        self._acks = AckCoalescer(self._operations)
         self._slots = _Slots(max_concurrency)
         self._receive_loops: dict[tuple[str, str, int, str], asyncio.Task[None]] = {}
         self._assignment_task: asyncio.Task[None] | None = None
@@ -244,6 +245,7 @@ class AsyncPushConsumer:
                 for task in late:
                     task.cancel()
                 await asyncio.gather(*late, return_exceptions=True)
+        await self._acks.wait_idle()
         await self._session.close()
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
@@ -437,7 +439,7 @@ class AsyncPushConsumer:
     async def _ack(self, message: ReceivedMessage) -> None:
         for attempt in range(1, ACK_ATTEMPTS + 1):
             try:
-                await self._operations.ack(message)
+                await self._acks.ack(message)
                 return
             except ClientError as error:
                 if not error.retriable or attempt == ACK_ATTEMPTS:

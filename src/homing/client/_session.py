@@ -34,10 +34,11 @@ import hmac
 import io
 import logging
 import sys
+import time
 import traceback
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
 
@@ -123,33 +124,54 @@ class Route:
 
     topic: str
     queues: tuple[definition_pb2.MessageQueue, ...]
+    # Worked out once per route (a send asks for the writable endpoints every time).
+    _writable: tuple[Endpoints, ...] = field(init=False, repr=False, compare=False)
+    _readable: tuple[definition_pb2.MessageQueue, ...] = field(init=False, repr=False, compare=False)
+    _all: tuple[Endpoints, ...] = field(init=False, repr=False, compare=False)
+    _accepts: dict[int, bool] = field(init=False, repr=False, compare=False)
 
-    def _endpoints(self, permissions: Iterable[int]) -> list[Endpoints]:
+    def __post_init__(self) -> None:
+        writable = (definition_pb2.WRITE, definition_pb2.READ_WRITE)
+        readable = (definition_pb2.READ, definition_pb2.READ_WRITE)
+        object.__setattr__(self, "_accepts", {})
+        object.__setattr__(self, "_writable", self._endpoints(writable))
+        object.__setattr__(self, "_all", self._endpoints((definition_pb2.READ, *writable)))
+        object.__setattr__(
+            self,
+            "_readable",
+            tuple(
+                queue
+                for queue in self.queues
+                if queue.broker.id == 0 and queue.permission in readable and queue.broker.endpoints.addresses
+            ),
+        )
+
+    def _endpoints(self, permissions: Iterable[int]) -> tuple[Endpoints, ...]:
         found: dict[str, Endpoints] = {}
         allowed = set(permissions)
         for queue in self.queues:
             if queue.broker.id == 0 and queue.permission in allowed and queue.broker.endpoints.addresses:
                 endpoints = Endpoints.from_proto(queue.broker.endpoints)
                 found.setdefault(str(endpoints), endpoints)
-        return list(found.values())
+        return tuple(found.values())
 
     def writable_endpoints(self) -> list[Endpoints]:
-        return self._endpoints((definition_pb2.WRITE, definition_pb2.READ_WRITE))
+        return list(self._writable)
 
     def readable_queues(self) -> list[definition_pb2.MessageQueue]:
-        return [
-            queue
-            for queue in self.queues
-            if queue.broker.id == 0
-            and queue.permission in (definition_pb2.READ, definition_pb2.READ_WRITE)
-            and queue.broker.endpoints.addresses
-        ]
+        return list(self._readable)
 
     def all_endpoints(self) -> list[Endpoints]:
-        return self._endpoints((definition_pb2.READ, definition_pb2.WRITE, definition_pb2.READ_WRITE))
+        return list(self._all)
 
     def accepts(self, message_type: definition_pb2.MessageType.ValueType) -> bool:
         """Whether some writable queue takes this type (queues that list no types take any)."""
+        known = self._accepts.get(message_type)
+        if known is None:
+            known = self._accepts[message_type] = self._find_acceptor(message_type)
+        return known
+
+    def _find_acceptor(self, message_type: definition_pb2.MessageType.ValueType) -> bool:
         for queue in self.queues:
             writable = queue.permission in (definition_pb2.WRITE, definition_pb2.READ_WRITE)
             if writable and (not queue.accept_message_types or message_type in queue.accept_message_types):
@@ -274,6 +296,9 @@ class ClientSession:
         self._sessions: dict[str, _TelemetrySession] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._state = "new"
+        self._metadata_second = -1
+        self._metadata_index = 0
+        self._metadata: list[tuple[str, str]] = []
 
     # ------------------------------------------------------------------ plumbing
 
@@ -300,7 +325,16 @@ class ClientSession:
             log.error("background task %s failed", task.get_name(), exc_info=task.exception())
 
     def metadata(self) -> list[tuple[str, str]]:
-        return request_metadata(self.config, self.client_id, datetime.now(UTC))
+        """The headers of one call: made once per second (the signed date), a new request id each call."""
+        now_s = int(time.time())
+        if now_s != self._metadata_second:
+            headers = request_metadata(self.config, self.client_id, datetime.fromtimestamp(now_s, UTC))
+            self._metadata_second = now_s
+            self._metadata_index = next(i for i, (name, _) in enumerate(headers) if name == "x-mq-request-id")
+            self._metadata = headers
+        headers = self._metadata.copy()
+        headers[self._metadata_index] = ("x-mq-request-id", str(uuid.uuid4()))
+        return headers
 
     def stub(self, endpoints: Endpoints) -> service_pb2_grpc.MessagingServiceAsyncStub:
         if self._transport is None:

@@ -16,13 +16,13 @@ from __future__ import annotations
 import asyncio
 import threading
 import types
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, Self, TypeVar, overload
 
 from homing.client._config import ClientConfig
 from homing.client._consumer import AsyncSimpleConsumer
-from homing.client._errors import ClientStateError
+from homing.client._errors import ClientError, ClientStateError
 from homing.client._message import FilterExpression, Message, ReceivedMessage, SendReceipt
 from homing.client._producer import (
     DEFAULT_MAX_DELAY_S,
@@ -276,6 +276,9 @@ class SimpleConsumer:
     def ack(self, message: ReceivedMessage) -> None:
         self._thread.run(self._async.ack(message))
 
+    def ack_many(self, messages: Sequence[ReceivedMessage]) -> list[ClientError | None]:
+        return self._thread.run(self._async.ack_many(messages))
+
     def change_invisible_duration(
         self, message: ReceivedMessage, invisible_duration: timedelta | float
     ) -> None:
@@ -283,6 +286,7 @@ class SimpleConsumer:
 
     receive.__doc__ = AsyncSimpleConsumer.receive.__doc__
     ack.__doc__ = AsyncSimpleConsumer.ack.__doc__
+    ack_many.__doc__ = AsyncSimpleConsumer.ack_many.__doc__
     change_invisible_duration.__doc__ = AsyncSimpleConsumer.change_invisible_duration.__doc__
 
 

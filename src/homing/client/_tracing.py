@@ -56,12 +56,33 @@ def _message_attributes(
     return attributes
 
 
+def _nothing_to_carry() -> bool:
+    """No SDK and no current span: the span would record nothing and inject no context.
+
+    The API's no-op tracer hands out the current span (or the invalid one), so without an SDK a
+    send carries a traceparent only when the application made a span current (e.g. one extracted
+    from an incoming request); only then is the span opened, as with an SDK. Saves the per-send
+    work of building attributes and entering the no-op span.
+    """
+    global _sdk_seen
+    if _sdk_seen:
+        return False
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider):
+        _sdk_seen = True  # a global tracer provider is set once and for all
+        return False
+    return not trace.get_current_span().get_span_context().is_valid
+
+
+_sdk_seen = False
+
+
 @contextlib.contextmanager
 def send_span(
     message: Message, message_type: MessageType, message_id: str, namespace: str
 ) -> Iterator[str | None]:
     """A PRODUCER span around one send (all its attempts); yields the traceparent to carry, if any."""
-    if not AVAILABLE:
+    if not AVAILABLE or _nothing_to_carry():
         yield None
         return
     attributes = _message_attributes(
