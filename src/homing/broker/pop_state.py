@@ -84,6 +84,14 @@ class QueueCursor:
             self.done_above.discard(self.committed)
             self.committed += 1
 
+    def clamp_to(self, offset: int) -> None:
+        """Nothing exists at or past ``offset`` (the queue's end): forget progress beyond it."""
+        for stale in [item for item in self.inflight if item >= offset]:
+            del self.inflight[stale]
+        self.done_above = {item for item in self.done_above if item < offset}
+        self.committed = min(self.committed, offset)
+        self.next_pop = min(self.next_pop, offset)
+
     def orphans(self) -> list[int]:
         """Offsets delivered once but now neither in flight nor done (a journal record was lost)."""
         return [
@@ -98,8 +106,12 @@ class QueueCursor:
         self.mark_done(offset)
 
 
+# json.dumps with non-default arguments builds a new encoder per call; this one is built once.
+_EVENT_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
 def encode_event(event: Event) -> bytes:
-    return json.dumps(event, separators=(",", ":")).encode()
+    return _EVENT_ENCODER.encode(event).encode()
 
 
 def decode_event(body: bytes) -> Event:

@@ -174,14 +174,16 @@ def decode_message(wire: definition_pb2.Message, topic: str) -> Message:
     tag = properties.tag if properties.HasField("tag") and properties.tag != "" else None
     born_ms = timestamp_ms(properties.born_timestamp) if properties.HasField("born_timestamp") else 0
     trace = properties.trace_context if properties.HasField("trace_context") else ""
+    keys = properties.keys
+    user_properties = wire.user_properties
     return Message(
         topic=topic,
         body=wire.body,
         message_id=properties.message_id,
         message_type=message_type_from_wire(kind),
         tag=tag,
-        keys=tuple(properties.keys),
-        properties=dict(wire.user_properties),
+        keys=tuple(keys) if keys else (),  # the empty cases skip the slow generic conversions
+        properties=dict(user_properties) if user_properties else {},
         message_group=message_group or None,
         delivery_timestamp_ms=delivery_ms,
         born_timestamp_ms=born_ms,
@@ -194,46 +196,81 @@ def decode_message(wire: definition_pb2.Message, topic: str) -> Message:
 # ---------------------------------------------------------------------------------- out
 
 
-def encode_message(
-    message: Message, *, topic: definition_pb2.Resource, store_host: str
-) -> definition_pb2.Message:
-    """The wire form of a stored message (no delivery fields), e.g. for a transaction check-back."""
-    system = definition_pb2.SystemProperties(
-        keys=list(message.keys),
-        message_id=message.message_id,
-        body_digest=definition_pb2.Digest(type=definition_pb2.MD5, checksum=body_md5(message.body)),
-        body_encoding=definition_pb2.GZIP if message.body_is_gzip else definition_pb2.IDENTITY,
-        message_type=_TO_WIRE[message.message_type],
-        born_host=message.born_host,
-        store_host=store_host,
-        queue_id=max(message.queue_id, 0),
-    )
+def _fill_message(
+    wire: definition_pb2.Message, message: Message, topic: definition_pb2.Resource, store_host: str
+) -> definition_pb2.SystemProperties:
+    """Fill an empty ``wire`` in place: no intermediate sub-messages to build and copy."""
+    wire.topic.CopyFrom(topic)
+    if message.properties:
+        wire.user_properties.update(message.properties)
+    wire.body = message.body
+    system = wire.system_properties
+    if message.keys:
+        system.keys.extend(message.keys)
+    system.message_id = message.message_id
+    digest = system.body_digest
+    digest.type = definition_pb2.MD5
+    digest.checksum = body_md5(message.body)
+    system.body_encoding = definition_pb2.GZIP if message.body_is_gzip else definition_pb2.IDENTITY
+    system.message_type = _TO_WIRE[message.message_type]
+    system.born_host = message.born_host
+    system.store_host = store_host
+    system.queue_id = max(message.queue_id, 0)
     if message.tag is not None:
         system.tag = message.tag
     if message.born_timestamp_ms > 0:
-        system.born_timestamp.CopyFrom(to_timestamp(message.born_timestamp_ms))
+        _set_timestamp(system.born_timestamp, message.born_timestamp_ms)
     if message.store_timestamp_ms > 0:
-        system.store_timestamp.CopyFrom(to_timestamp(message.store_timestamp_ms))
+        _set_timestamp(system.store_timestamp, message.store_timestamp_ms)
     if message.delivery_timestamp_ms is not None:
-        system.delivery_timestamp.CopyFrom(to_timestamp(message.delivery_timestamp_ms))
+        _set_timestamp(system.delivery_timestamp, message.delivery_timestamp_ms)
     if message.queue_offset >= 0:
         system.queue_offset = message.queue_offset
     if message.message_group is not None:
         system.message_group = message.message_group
     if message.trace_context is not None:
         system.trace_context = message.trace_context
-    return definition_pb2.Message(
-        topic=topic, user_properties=message.properties, system_properties=system, body=message.body
-    )
+    return system
+
+
+def _set_timestamp(field: timestamp_pb2.Timestamp, milliseconds: int) -> None:
+    """``field.CopyFrom(to_timestamp(milliseconds))`` without the intermediate message."""
+    seconds, remainder = divmod(milliseconds, 1000)
+    field.SetInParent()
+    field.seconds = seconds
+    field.nanos = remainder * 1_000_000
+
+
+def encode_message(
+    message: Message, *, topic: definition_pb2.Resource, store_host: str
+) -> definition_pb2.Message:
+    """The wire form of a stored message (no delivery fields), e.g. for a transaction check-back."""
+    wire = definition_pb2.Message()
+    _fill_message(wire, message, topic, store_host)
+    return wire
 
 
 def encode_delivery(
-    delivery: Delivery, *, topic: definition_pb2.Resource, store_host: str, now_ms: int
+    delivery: Delivery,
+    *,
+    topic: definition_pb2.Resource,
+    store_host: str,
+    now_ms: int,
+    into: definition_pb2.Message | None = None,
 ) -> definition_pb2.Message:
-    """The wire form of one delivery: the message plus its receipt handle, attempt and invisibility."""
-    wire = encode_message(delivery.message, topic=topic, store_host=store_host)
-    system = wire.system_properties
+    """The wire form of one delivery: the message plus its receipt handle, attempt and invisibility.
+
+    ``into``: an empty message to fill in place (e.g. a response's ``message`` field) instead of a
+    new one.
+    """
+    wire = definition_pb2.Message() if into is None else into
+    system = _fill_message(wire, delivery.message, topic, store_host)
     system.receipt_handle = delivery.receipt_handle
     system.delivery_attempt = delivery.delivery_attempt
-    system.invisible_duration.CopyFrom(to_duration(max(delivery.invisible_until_ms - now_ms, 0) / 1000))
+    nanos_total = max(round(max(delivery.invisible_until_ms - now_ms, 0) / 1000 * 1e9), 0)
+    whole, nanos = divmod(nanos_total, 1_000_000_000)
+    duration = system.invisible_duration
+    duration.SetInParent()
+    duration.seconds = whole
+    duration.nanos = nanos
     return wire

@@ -121,6 +121,11 @@ class CallContext:
         return definition_pb2.Resource(resource_namespace=namespace, name=unqualify(namespace, broker_name))
 
 
+# The OK status of every entry of a call: assigning a message field copies it, so one instance can
+# be shared, as long as nothing ever mutates it.
+_OK = ok_status()
+
+
 def _metadata(context: _Context) -> dict[str, str]:
     headers: dict[str, str] = {}
     for key, value in context.invocation_metadata() or ():
@@ -343,28 +348,28 @@ class MessagingServicer(service_pb2_grpc.MessagingServiceServicer):
                 outcomes.append(error)
         results = iter(await self._broker.send(decoded) if decoded else [])
         entries: list[service_pb2.SendResultEntry] = []
+        statuses: list[definition_pb2.Status] = []
         for wire, outcome in zip(request.messages, outcomes, strict=True):
             result = outcome if outcome is not None else next(results)
-            message_id = wire.system_properties.message_id
             if isinstance(result, BrokerError):
+                message_id = wire.system_properties.message_id
                 if result.code in ("INTERNAL_SERVER_ERROR", "INTERNAL_ERROR"):
                     log.error("send of %s failed: %s", message_id, result.message)
-                entries.append(
-                    service_pb2.SendResultEntry(status=error_status(result), message_id=message_id)
-                )
+                entry_status = error_status(result)
+                entries.append(service_pb2.SendResultEntry(status=entry_status, message_id=message_id))
             else:
+                entry_status = _OK
                 entries.append(
                     service_pb2.SendResultEntry(
-                        status=ok_status(),
+                        status=entry_status,  # copied: the shared _OK is never mutated
                         message_id=result.message_id,
                         transaction_id=result.transaction_id,
                         offset=result.queue_offset,
                         recall_handle=result.recall_handle,
                     )
                 )
-        return service_pb2.SendMessageResponse(
-            status=combined_status([entry.status for entry in entries]), entries=entries
-        )
+            statuses.append(entry_status)
+        return service_pb2.SendMessageResponse(status=combined_status(statuses), entries=entries)
 
     # ------------------------------------------------------------------ receiving
 
@@ -410,14 +415,17 @@ class MessagingServicer(service_pb2_grpc.MessagingServiceServicer):
             return
         yield service_pb2.ReceiveMessageResponse(status=ok_status())
         now_ms = self._clock.now_ms()
+        resources: dict[str, definition_pb2.Resource] = {}
         for delivery in deliveries:
-            wire = encode_delivery(
-                delivery,
-                topic=call.resource(delivery.message.topic, topic_resource),
-                store_host=self._store_host,
-                now_ms=now_ms,
+            message_topic = delivery.message.topic
+            resource = resources.get(message_topic)
+            if resource is None:
+                resource = resources[message_topic] = call.resource(message_topic, topic_resource)
+            response = service_pb2.ReceiveMessageResponse()
+            encode_delivery(
+                delivery, topic=resource, store_host=self._store_host, now_ms=now_ms, into=response.message
             )
-            yield service_pb2.ReceiveMessageResponse(message=wire)
+            yield response
         yield service_pb2.ReceiveMessageResponse(delivery_timestamp=to_timestamp(now_ms))
 
     async def _receive(
@@ -480,16 +488,15 @@ class MessagingServicer(service_pb2_grpc.MessagingServiceServicer):
         outcomes = await self._broker.ack_many(
             group, topic, [entry.receipt_handle for entry in request.entries]
         )
-        statuses = [ok_status() if outcome is None else error_status(outcome) for outcome in outcomes]
+        # _OK is shared and never mutated: protobuf copies it into each entry.
+        statuses = [_OK if outcome is None else error_status(outcome) for outcome in outcomes]
         entries = [
             service_pb2.AckMessageResultEntry(
                 message_id=entry.message_id, receipt_handle=entry.receipt_handle, status=entry_status
             )
             for entry, entry_status in zip(request.entries, statuses, strict=True)
         ]
-        return service_pb2.AckMessageResponse(
-            status=combined_status([entry.status for entry in entries]), entries=entries
-        )
+        return service_pb2.AckMessageResponse(status=combined_status(statuses), entries=entries)
 
     async def ChangeInvisibleDuration(
         self, request: service_pb2.ChangeInvisibleDurationRequest, context: _Context
