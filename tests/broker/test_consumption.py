@@ -8,6 +8,8 @@ from broker_harness import FIFO, BrokerHarness, run
 from homing.broker.errors import BrokerError
 from homing.broker.filters import compile_filter
 from homing.broker.metadata import GroupConfig
+from homing.broker.model import Delivery
+from homing.store import QueueRead
 
 
 def test_send_receive_ack_and_nothing_is_redelivered() -> None:
@@ -252,6 +254,55 @@ def test_a_push_nack_stops_renewal_so_the_message_comes_back_after_the_backoff()
         harness.clock.advance(1)
         again = await harness.receive(invisible_s=None)
         assert [d.delivery_attempt for d in again] == [2]
+        await harness.stop()
+
+    run(scenario)
+
+
+def test_redeliveries_are_read_in_runs_oldest_first_within_the_budget() -> None:
+    async def scenario() -> None:
+        harness = BrokerHarness()
+        broker = await harness.start()
+        sent = [harness.message() for _ in range(60)]
+        await harness.send(*sent)
+        first: list[Delivery] = []
+        while batch := await harness.receive(invisible_s=10):
+            first.extend(batch)
+        assert len(first) == 60
+        by_position = sorted(first, key=lambda d: (d.message.queue_id, d.message.queue_offset))
+        acked = {d.message.message_id for d in by_position[::3]}  # holes: runs of two offsets
+        for delivery in by_position[::3]:
+            await broker.ack("g", "orders", delivery.receipt_handle)
+        harness.clock.advance(11)
+        assert harness.store is not None
+        store = harness.store
+        reads = 0
+        read_queue = store.read_queue
+
+        def counting(topic: str, queue_id: int, offset: int, count: int) -> QueueRead:
+            nonlocal reads
+            reads += 1
+            return read_queue(topic, queue_id, offset, count)
+
+        store.read_queue = counting  # type: ignore[method-assign,assignment]
+        second: list[Delivery] = []
+        while batch := await harness.receive(invisible_s=10, max_messages=7):
+            assert len(batch) <= 7
+            per_queue: dict[int, list[int]] = {}
+            for delivery in batch:
+                per_queue.setdefault(delivery.message.queue_id, []).append(delivery.message.queue_offset)
+            assert all(offsets == sorted(offsets) for offsets in per_queue.values())
+            second.extend(batch)
+        del store.read_queue
+        assert sorted(d.message.message_id for d in second) == sorted(
+            m.message_id for m in sent if m.message_id not in acked
+        )
+        assert all(d.delivery_attempt == 2 for d in second)
+        assert reads < len(second)  # runs of consecutive offsets take one read each
+        for delivery in second:
+            await broker.ack("g", "orders", delivery.receipt_handle)
+        harness.clock.advance(3600)
+        assert await harness.receive() == []
         await harness.stop()
 
     run(scenario)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 
 from homing.broker.durable import append_durably
 from homing.broker.errors import BrokerError
-from homing.broker.filters import CompiledFilter
+from homing.broker.filters import CompiledFilter, TagFilter
 from homing.broker.message_codec import SYSTEM_PREFIX, from_record
 from homing.broker.metadata import GroupConfig, Metadata
 from homing.broker.model import Delivery, Message
@@ -111,6 +111,8 @@ class ConsumptionService:
         self.state = state
         replayed = self._replay_journal()
         repaired = self._repair_orphans()
+        if self._clamp_past_the_end():
+            self.write_snapshot()  # durable before anything is delivered from the clamped cursors
         log.info(
             "pop state: %d cursors, %d journal events replayed, %d orphans",
             len(state.cursors),
@@ -147,6 +149,23 @@ class ConsumptionService:
                 )
                 repaired += 1
         return repaired
+
+    def _clamp_past_the_end(self) -> int:
+        """Cursors past the end of their queue (a pop-state file restored from elsewhere, a log cut
+        back) continue at the end: neither from 0 again nor from where they were, which would skip
+        the next messages, written at the offsets in between."""
+        clamped = 0
+        for (group, topic, queue_id), cursor in self.state.cursors.items():
+            _, high = self._store.queue_bounds(topic, queue_id)
+            if cursor.next_pop > high or cursor.committed > high:
+                log.warning(
+                    "group %s: progress on %s/%d (%d) is past the end of the queue (%d); "
+                    "continuing at the end",
+                    group, topic, queue_id, cursor.next_pop, high,
+                )  # fmt: skip
+                cursor.clamp_to(high)
+                clamped += 1
+        return clamped
 
     def write_snapshot(self) -> None:
         if self._store.fenced:
@@ -292,49 +311,123 @@ class ConsumptionService:
             return  # a FIFO queue is blocked while a delivery of it is invisible
         delivered: list[list[int]] = []
         skipped: list[int] = []
-        # 1. Redeliveries, oldest offset first.
-        for offset in sorted(cursor.inflight):
-            if len(delivered) >= budget:
-                break
-            delivery = cursor.inflight[offset]
-            if delivery.visible_at_ms > now or (*key_prefix, offset) in self._moving:
-                continue
-            record = self._read_one(topic, queue_id, offset)
-            if record is None:
-                skipped.append(offset)
-                continue
-            if delivery.attempt >= group.max_delivery_attempts:
-                self._moving.add((*key_prefix, offset))
-                dead.append((cursor, offset, record, delivery))
-                continue
-            delivered.append([offset, delivery.attempt + 1])
-            deliveries.append(self._delivery(group.name, record, delivery.attempt + 1, now, visible_at))
+        # 1. Redeliveries, oldest offset first. Runs of consecutive offsets are read with one
+        # read_queue each, never more of a run than the budget left (each offset takes at most
+        # one unit of it), so exactly the records the one-by-one loop would read are read.
+        due = [
+            offset
+            for offset in sorted(cursor.inflight)
+            if cursor.inflight[offset].visible_at_ms <= now and (*key_prefix, offset) not in self._moving
+        ]
+        index = 0
+        while index < len(due) and len(delivered) < budget:
+            room = budget - len(delivered)
+            end = index + 1
+            while end < len(due) and end - index < room and due[end] == due[end - 1] + 1:
+                end += 1
+            records = self._read_run(topic, queue_id, due[index], due[end - 1] + 1)
+            for offset in due[index:end]:
+                delivery = cursor.inflight[offset]
+                record = records.get(offset)
+                if record is None:
+                    skipped.append(offset)
+                    continue
+                if delivery.attempt >= group.max_delivery_attempts:
+                    self._moving.add((*key_prefix, offset))
+                    dead.append((cursor, offset, record, delivery))
+                    continue
+                delivered.append([offset, delivery.attempt + 1])
+                deliveries.append(self._delivery(group.name, record, delivery.attempt + 1, now, visible_at))
+            index = end
         # 2. New messages.
+        # A tag filter ignores the properties: skip building their view per record.
+        tag_filter = message_filter if isinstance(message_filter, TagFilter) else None
         position = cursor.next_pop
         in_flight_room = MAX_INFLIGHT_PER_QUEUE - len(cursor.inflight)
         while len(delivered) < budget and position < high and in_flight_room > len(delivered):
-            read = self._store.read_queue(
+            batch, next_offset, damaged = self._read_past_damage(
                 topic, queue_id, position, min(_READ_CHUNK, budget - len(delivered))
             )
-            if not read.records:
-                break
-            for record in read.records:
+            skipped.extend(damaged)
+            if not batch:
+                if not damaged:
+                    break
+                position = max(position, next_offset)
+                continue
+            for fresh in batch:
                 if len(delivered) >= budget:
                     break
-                position = record.queue_offset + 1
-                if message_filter.matches(record.tag, _user_and_system_view(record)):
-                    delivered.append([record.queue_offset, 1])
-                    deliveries.append(self._delivery(group.name, record, 1, now, visible_at))
+                position = fresh.queue_offset + 1
+                if (
+                    tag_filter.matches_tag(fresh.tag)
+                    if tag_filter is not None
+                    else message_filter.matches(fresh.tag, _user_and_system_view(fresh))
+                ):
+                    delivered.append([fresh.queue_offset, 1])
+                    deliveries.append(self._delivery(group.name, fresh, 1, now, visible_at))
                 else:
-                    skipped.append(record.queue_offset)
-            if read.next_queue_offset > position and len(delivered) < budget:
-                position = read.next_queue_offset
+                    skipped.append(fresh.queue_offset)
+            if next_offset > position and len(delivered) < budget:
+                position = next_offset
         if delivered or skipped:
             event = {
                 "k": "pop", "g": group.name, "t": topic, "q": queue_id, "d": delivered, "s": skipped,
                 "v": visible_at, "at": now, "c": client_id, "p": push,
             }  # fmt: skip
             self._apply(event, events)
+
+    def _read_run(self, topic: str, queue_id: int, start: int, end: int) -> dict[int, StoredRecord]:
+        """The records of queue offsets [start, end) by offset; those expired by retention are absent."""
+        found: dict[int, StoredRecord] = {}
+        position = start
+        while position < end:
+            records, next_offset, damaged = self._read_past_damage(topic, queue_id, position, end - position)
+            got = [record for record in records if position <= record.queue_offset < end]
+            if not got:
+                if not damaged:
+                    break
+                position = max(position + 1, next_offset)
+                continue
+            for record in got:
+                found[record.queue_offset] = record
+            position = got[-1].queue_offset + 1
+        return found
+
+    def _read_past_damage(
+        self, topic: str, queue_id: int, position: int, count: int
+    ) -> tuple[list[StoredRecord], int, list[int]]:
+        """``read_queue``, stepping over records the store finds damaged (a bit flip, a cut segment).
+
+        Returns (records, next offset, damaged offsets). A damaged record is never delivered: the
+        store's error names its file and offset and is logged here; its offset is done for the
+        group (like a message removed by retention), so that one bad record does not block the
+        rest of its queue forever.
+        """
+        try:
+            read = self._store.read_queue(topic, queue_id, position, count)
+            return read.records, read.next_queue_offset, []
+        except CorruptRecordError:
+            pass
+        records: list[StoredRecord] = []
+        damaged: list[int] = []
+        offset = position
+        while len(records) + len(damaged) < count:
+            try:
+                read = self._store.read_queue(topic, queue_id, offset, 1)
+            except CorruptRecordError as error:
+                log.error(
+                    "%s/%d: the message at offset %d is unreadable, never delivered: %s",
+                    topic, queue_id, offset, error,
+                )  # fmt: skip
+                damaged.append(offset)
+                offset += 1
+                continue
+            if not read.records:
+                offset = max(offset, read.next_queue_offset)
+                break
+            records += read.records
+            offset = read.next_queue_offset
+        return records, offset, damaged
 
     def _read_one(self, topic: str, queue_id: int, offset: int) -> StoredRecord | None:
         read = self._store.read_queue(topic, queue_id, offset, 1)
@@ -478,7 +571,8 @@ class ConsumptionService:
                 DLQ_ATTEMPTS: str(attempts),
                 DLQ_REASON: reason,
             }
-            await self._publisher.publish([_with_system_properties(message, extra)])
+            if not self._already_dead_lettered(group.name, topic, record.queue_id, offset, record.message_id):
+                await self._publisher.publish([_with_system_properties(message, extra)])
             events: list[Event] = []
             self._apply(
                 {"k": "done", "g": group.name, "t": topic, "q": record.queue_id, "o": [offset]}, events
@@ -491,6 +585,27 @@ class ConsumptionService:
             )  # fmt: skip
         finally:
             self._moving.discard(key)
+
+    def _already_dead_lettered(
+        self, group_name: str, topic: str, queue_id: int, offset: int, message_id: str
+    ) -> bool:
+        """Whether the group's dead-letter queue holds a copy of this very delivery already.
+
+        A crash between the copy becoming durable and the original being marked done leaves the
+        original due again; without this check it would be copied a second time.
+        """
+        target = dlq_topic(group_name)
+        origin = (topic, str(queue_id), str(offset))
+        for stored in self._store.find_by_message_id(message_id):
+            properties = stored.properties
+            found = (
+                properties.get(DLQ_ORIGIN_TOPIC),
+                properties.get(DLQ_ORIGIN_QUEUE),
+                properties.get(DLQ_ORIGIN_OFFSET),
+            )
+            if stored.topic == target and found == origin:
+                return True
+        return False
 
     # ------------------------------------------------------------------ timers and views
 
