@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from broker_harness import FIFO, BrokerHarness, run
+from homing.testing.in_process import FIFO, BrokerHarness, run
 
 from homing.broker.errors import BrokerError
 from homing.broker.filters import compile_filter
