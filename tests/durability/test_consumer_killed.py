@@ -68,6 +68,9 @@ def test_push_consumers_shut_down_mid_handler_never_ack_early(fault_run: FaultRu
                 mode="push",
                 extra=["--batch", "8", "--handler-delay-ms", "200,1500", "--shutdown-timeout-s", "0.5"],
             )
+            # A slow start (a loaded machine) must not turn the clean shutdown into a default SIGTERM
+            # death before the handlers exist: the fault's timing counts from a started client.
+            pusher.wait_for("started")
             time.sleep(rng.uniform(1.0, 3.0))  # the fault's timing, drawn from the seed
             before = pusher.count("recv") - pusher.count("apply")
             code = pusher.terminate()

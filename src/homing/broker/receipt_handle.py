@@ -82,6 +82,10 @@ def decode_handle(secret: bytes, group: str, text: str) -> ReceiptHandle:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
     except (binascii.Error, ValueError) as error:
         raise invalid("not base64") from error
+    # The decoder ignores stray characters and the unused low bits of the last one: accept only the
+    # one spelling this broker writes, so that a handle is a single string (an altered copy is refused).
+    if base64.urlsafe_b64encode(raw).rstrip(b"=").decode() != token:
+        raise invalid("not in canonical form")
     if len(raw) < 2 + _FIXED.size + _MAC_BYTES:
         raise invalid("too short")
     payload, mac = raw[:-_MAC_BYTES], raw[-_MAC_BYTES:]

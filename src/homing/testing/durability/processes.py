@@ -125,6 +125,16 @@ class WorkloadProcess:
     def count(self, event: str) -> int:
         return sum(1 for item in self.events() if item.get("ev") == event)
 
+    def wait_for(self, event: str, timeout_s: float = 60.0) -> None:
+        """Wait until the process logged ``event`` (e.g. ``started``: its signal handlers are in place)."""
+        deadline = time.monotonic() + timeout_s
+        while not self.count(event):
+            if not self.alive:
+                raise RuntimeError(f"{self.name} ended before {event!r}: {self.stderr_tail()}")
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"{self.name} did not log {event!r} in {timeout_s} s")
+            time.sleep(0.05)
+
     def stderr_tail(self, chars: int = 3000) -> str:
         try:
             return self.stderr_path.read_text(errors="replace")[-chars:]
