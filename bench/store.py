@@ -115,6 +115,10 @@ class Measured:
     latencies_ns: list[int]
     syncs: int
     log_bytes: int
+    # CPU time of the whole process (every thread: writers, flusher, dispatcher, allocator) while
+    # measuring, user and system; None where the work ran in a child process.
+    cpu_user_s: float | None = None
+    cpu_system_s: float | None = None
 
 
 def result_row(name: str, measured: Measured, ceiling: float, body_bytes: int, **parameters: object) -> Row:
@@ -136,6 +140,10 @@ def result_row(name: str, measured: Measured, ceiling: float, body_bytes: int, *
         "body_bytes": body_bytes,
         "log_bytes_per_msg": round(measured.log_bytes / measured.messages) if measured.messages else None,
     }
+    if measured.cpu_user_s is not None and measured.cpu_system_s is not None and measured.messages:
+        row["cpu_user_us_per_msg"] = round(measured.cpu_user_s / measured.messages * 1e6, 2)
+        row["cpu_system_us_per_msg"] = round(measured.cpu_system_s / measured.messages * 1e6, 2)
+    row["load_1m"] = round(os.getloadavg()[0], 2)
     row.update(parameters)
     return row
 
@@ -186,6 +194,7 @@ def measure_fsync_ceiling(directory: str, seconds: float) -> tuple[float, Row]:
         "write_bytes": CEILING_WRITE_BYTES,
         "mount_point": mount_point,
         "fs_type": fs_type,
+        "load_1m": round(os.getloadavg()[0], 2),
     }
 
 
@@ -218,12 +227,14 @@ def run_synchronous(store: MessageStore, pool: Sequence[NewRecord], writers: int
     for thread in threads:
         thread.start()
     syncs_before, offset_before = store.sync_count, store.write_offset
+    cpu_before = os.times()
     started = time.perf_counter_ns()
     deadline_box[0] = started + int(seconds * 1e9)
     barrier.wait()
     for thread in threads:
         thread.join()
     elapsed = (time.perf_counter_ns() - started) / 1e9
+    cpu_after = os.times()
     if errors:
         raise errors[0]
     latencies = [value for values in per_writer for value in values]
@@ -233,6 +244,8 @@ def run_synchronous(store: MessageStore, pool: Sequence[NewRecord], writers: int
         latencies,
         store.sync_count - syncs_before,
         store.write_offset - offset_before,
+        cpu_after.user - cpu_before.user,
+        cpu_after.system - cpu_before.system,
     )
 
 
@@ -304,11 +317,13 @@ def run_pipelined(
     for thread in threads:
         thread.start()
     syncs_before, offset_before = store.sync_count, store.write_offset
+    cpu_before = os.times()
     started = time.perf_counter_ns()
     deadline_box[0] = started + int((seconds or 0) * 1e9)
     barrier.wait()
     for thread in threads:
         thread.join()
+    cpu_after = os.times()
     if errors:
         raise errors[0]
     elapsed = (max(done_ns) - started) / 1e9
@@ -319,6 +334,8 @@ def run_pipelined(
         latencies,
         store.sync_count - syncs_before,
         store.write_offset - offset_before,
+        cpu_after.user - cpu_before.user,
+        cpu_after.system - cpu_before.system,
     )
 
 
@@ -754,6 +771,7 @@ def bench_restart(options: Options, ceiling: float) -> None:
         "messages": int(fill_messages),
         "seconds": round(fill_seconds, 3),
         "body_bytes": BODY_BYTES,
+        "load_1m": round(os.getloadavg()[0], 2),
     }
     emit(row)
 

@@ -97,6 +97,7 @@ class _StallingFile:
 
     def sync(self) -> None:
         if self._disk.stall:
+            self._disk.stalled.set()
             self._disk.release.wait()
         self._inner.sync()
 
@@ -114,6 +115,7 @@ class _StallingDisk(SimulatedDisk):
     def __init__(self) -> None:
         super().__init__(seed=3)
         self.release = threading.Event()
+        self.stalled = threading.Event()  # set once a sync is held
         self.stall = False
 
     def open(self, path: str, *, create: bool = False) -> DiskFile:  # type: ignore[override]
@@ -136,6 +138,80 @@ def test_a_flush_slower_than_the_timeout_is_never_reported_as_success() -> None:
         disk.stall = False
         disk.release.set()
         store.wait_durable(result.end_offset)  # it does become durable later: a retry would dedupe
+    finally:
+        disk.release.set()
+        store.close()
+
+
+def test_after_a_failed_write_no_waiter_is_told_durable_even_if_a_later_sync_succeeds() -> None:
+    # A is written and waits for its sync; B's write fails (EIO) while that sync runs; then the sync
+    # succeeds and covers A's bytes. The store is fenced: A's outcome is unknown and reported as an
+    # error, never as success (docs/DURABILITY.md). What was durable before the fence stays so.
+    disk = _StallingDisk()
+    store = MessageStore(StoreConfig(data_dir="/data", segment_size_bytes=64 * 1024), disk)
+    store.open()
+    try:
+        before = store.append_durable([message(0)])
+        disk.stall = True
+        a = store.append([message(1)])
+        callback_outcomes: list[BaseException | None] = []
+        store.add_durability_callback(a.end_offset, callback_outcomes.append)
+        waiter_outcomes: list[BaseException | None] = []
+
+        def wait_for_a() -> None:
+            try:
+                store.wait_durable(a.end_offset, timeout_s=30)
+                waiter_outcomes.append(None)
+            except BaseException as error:  # recorded and asserted on below
+                waiter_outcomes.append(error)
+
+        waiter = threading.Thread(target=wait_for_a)
+        waiter.start()
+        assert disk.stalled.wait(10), "the sync covering A never started"
+        disk.fail_next_write(errno.EIO, path_substring="commitlog")
+        with pytest.raises(StoreFencedError, match="write failed"):
+            store.append([message(2)])  # B
+        assert store.fenced
+        assert len(callback_outcomes) == 1 and isinstance(callback_outcomes[0], StoreFencedError)
+        disk.stall = False
+        disk.release.set()  # the sync covering A now succeeds
+        waiter.join(10)
+        assert len(waiter_outcomes) == 1 and isinstance(waiter_outcomes[0], StoreFencedError)
+        assert store.flushed_offset < a.end_offset
+        with pytest.raises(StoreFencedError, match="failed write"):
+            store.wait_durable(a.end_offset, timeout_s=1)
+        late: list[BaseException | None] = []
+        store.add_durability_callback(a.end_offset, late.append)
+        assert len(late) == 1 and isinstance(late[0], StoreFencedError)
+        store.wait_durable(before.end_offset)  # durable before the fence: still acknowledged
+    finally:
+        disk.release.set()
+        store.close()
+
+
+def test_a_failed_write_fails_waiters_whose_sync_has_not_started() -> None:
+    # The flusher is held in the sync of an earlier record; A is written after that sync took the
+    # write offset, so nothing covers it yet when B's write fails: A's waiter fails at once.
+    disk = _StallingDisk()
+    store = MessageStore(StoreConfig(data_dir="/data", segment_size_bytes=64 * 1024), disk)
+    store.open()
+    try:
+        disk.stall = True
+        earlier = store.append([message(0)])
+        assert disk.stalled.wait(10)
+        a = store.append([message(1)])
+        outcomes: list[BaseException | None] = []
+        store.add_durability_callback(earlier.end_offset, outcomes.append)
+        store.add_durability_callback(a.end_offset, outcomes.append)
+        disk.fail_next_write(errno.EIO, path_substring="commitlog")
+        with pytest.raises(StoreFencedError):
+            store.append([message(2)])
+        assert len(outcomes) == 2 and all(isinstance(item, StoreFencedError) for item in outcomes)
+        disk.stall = False
+        disk.release.set()
+        with pytest.raises(StoreFencedError):
+            store.wait_durable(a.end_offset, timeout_s=1)
+        assert store.flushed_offset < earlier.end_offset  # the sync still running counted for nothing
     finally:
         disk.release.set()
         store.close()

@@ -283,3 +283,37 @@ def test_segment_rollovers_are_not_mistaken_for_damage(harness: StoreHarness) ->
     assert store.recovery is not None
     assert store.recovery.torn_tail is None and store.recovery.corrupt_ranges == []
     assert [item[1] for item in read_all(store, "orders", 0)] == [f"id-{i}" for i in range(40)]
+
+
+def test_reads_in_a_segment_cut_short_name_the_file_and_offset(
+    harness: StoreHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Media damage: a segment that is not the last loses its end (the file is shorter than the
+    # next segment's start says). Records past the cut are never served; reading one fails with
+    # the segment's path and the record's offset in it, whether the cut goes through the record or
+    # the record lies wholly past the end of the file.
+    store = harness.open()
+    appended = [store.append_durable([message(index, size=5000)]).records[0] for index in range(30)]
+    wait_dispatched(store)
+    segment = store.log.segments[1]
+    inside = [item for item in appended if segment.base_offset <= item.physical_offset < segment.end_offset]
+    assert len(inside) >= 4
+    cut_through, past_the_cut = inside[1], inside[3]
+    harness.close()
+    handle = harness.disk.open(segment.path)
+    handle.truncate(cut_through.physical_offset - segment.base_offset + 100)
+    handle.sync()
+    handle.close()
+    store = harness.open()
+    assert segment.path in caplog.text and "cut short" in caplog.text
+    for victim in (cut_through, past_the_cut):
+        file_offset = victim.physical_offset - segment.base_offset
+        with pytest.raises(CorruptRecordError) as raised:
+            store.read_at(victim.physical_offset, victim.size)
+        assert (raised.value.file, raised.value.file_offset) == (segment.path, file_offset)
+        assert f"{segment.path} at byte {file_offset}" in str(raised.value)
+        with pytest.raises(CorruptRecordError) as raised:
+            store.read_queue("orders", 0, victim.queue_offset, 1)
+        assert (raised.value.file, raised.value.file_offset) == (segment.path, file_offset)
+    before = inside[0]
+    assert store.read_at(before.physical_offset, before.size).message_id == f"id-{before.queue_offset}"

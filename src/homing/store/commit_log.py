@@ -15,6 +15,7 @@ scanning in :mod:`homing.store.log_scan`.
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import threading
 from dataclasses import dataclass
@@ -106,6 +107,31 @@ class CommitLog:
             else:
                 return segment
         return None
+
+    def segment_at_or_before(self, offset: int) -> Segment | None:
+        """The segment with the highest base offset at or before ``offset``, however long its file.
+
+        Unlike :meth:`segment_for`, this finds the segment a record belongs to even when the
+        segment's file was cut short (damage) and no longer reaches the record.
+        """
+        segments = self.segments
+        low, high = 0, len(segments)
+        while low < high:  # first segment starting after ``offset``
+            middle = (low + high) // 2
+            if segments[middle].base_offset <= offset:
+                low = middle + 1
+            else:
+                high = middle
+        return segments[low - 1] if low > 0 else None
+
+    def short_segments(self) -> list[tuple[Segment, int]]:
+        """Segments whose file ends before the next segment starts: (segment, bytes missing)."""
+        segments = self.segments
+        return [
+            (segment, following.base_offset - segment.end_offset)
+            for segment, following in itertools.pairwise(segments)
+            if segment.end_offset < following.base_offset
+        ]
 
     def next_segment(self, segment: Segment) -> Segment | None:
         return self.segment_for(segment.end_offset)

@@ -28,12 +28,20 @@ import crc32c
 
 from homing.store.disk import Disk, DiskFile
 
-__all__ = ["ENTRY_SIZE", "ConsumeQueue", "DamagedEntryError", "QueueEntry", "pack_entry"]
+__all__ = [
+    "ENTRY_BODY",
+    "ENTRY_SIZE",
+    "ConsumeQueue",
+    "DamagedEntryError",
+    "QueueEntry",
+    "join_entries",
+    "pack_entry",
+]
 
 ENTRY = struct.Struct("<QIQQI")
 ENTRY_SIZE = ENTRY.size
 assert ENTRY_SIZE == 32
-_ENTRY_BODY = struct.Struct("<QIQQ")
+ENTRY_BODY = struct.Struct("<QIQQ")  # the checksummed bytes [0, 28) of an entry
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,8 +62,17 @@ class DamagedEntryError(Exception):
 
 
 def pack_entry(physical_offset: int, size: int, tag_hash: int, store_timestamp_ms: int) -> bytes:
-    body = _ENTRY_BODY.pack(physical_offset, size, tag_hash, store_timestamp_ms)
+    body = ENTRY_BODY.pack(physical_offset, size, tag_hash, store_timestamp_ms)
     return body + crc32c.crc32c(body).to_bytes(4, "little")
+
+
+def join_entries(parts: list[bytes | int]) -> bytes:
+    """Consecutive entries from their parts: each entry's ``ENTRY_BODY`` bytes followed by its crc32c.
+
+    The same bytes as joining :func:`pack_entry` results, with one ``struct`` call for all of them
+    instead of a conversion and a concatenation per entry (the dispatcher makes one per record).
+    """
+    return struct.pack("<" + "28sI" * (len(parts) // 2), *parts)
 
 
 class ConsumeQueue:

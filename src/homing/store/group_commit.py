@@ -11,8 +11,12 @@ In ``async`` mode the flusher also runs every ``async_interval_s`` without being
 then acknowledges after the write, accepting that a power loss drops up to one interval.
 
 A sync that raises is final: the flusher records the failure, fails every waiter and stops. The
-store treats that as a fence (see :class:`homing.store.errors.StoreFencedError`). A waiter that is
-not released within its timeout gets :class:`PersistenceTimeoutError`, never success.
+store treats that as a fence (see :class:`homing.store.errors.StoreFencedError`). A failed *write*
+fences the store too (:meth:`GroupCommit.fence`): every waiter not yet released fails, the flushed
+offset stays where it was and the flusher stops, so no waiter is told "durable" by a sync that
+completes after the fence, even one whose bytes were written before the failed write (their
+outcome is unknown, and reported as an error). A waiter that is not released within its timeout
+gets :class:`PersistenceTimeoutError`, never success.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ class GroupCommit:
         self._requested = 0
         self.flushed_offset = 0
         self.failure: BaseException | None = None
+        self._failed_operation = ""  # "sync" or "write", for the error message
         self.sync_count = 0
         self._callbacks: list[tuple[int, int, DurabilityCallback]] = []
         self._sequence = itertools.count()
@@ -88,7 +93,18 @@ class GroupCommit:
                 self._condition.notify_all()
 
     def _fenced_error(self) -> StoreFencedError:
-        return StoreFencedError(f"the store is fenced after a failed sync: {self.failure}")
+        operation = self._failed_operation
+        return StoreFencedError(f"the store is fenced after a failed {operation}: {self.failure}")
+
+    def fence(self, error: BaseException) -> None:
+        """A write failed: fail every waiter not released yet, and release none from now on.
+
+        The flushed offset stays where it is, so only what a published sync covered before the fence
+        counts as durable. A sync running now may well succeed, and cover bytes written before the
+        failed write: they are still not reported durable (the conservative choice; see
+        docs/DURABILITY.md). The flusher stops after that sync.
+        """
+        self._fail(error, "write")
 
     def wait(self, offset: int, timeout_s: float) -> None:
         """Block until ``offset`` is durable; raise on timeout or failure.
@@ -141,30 +157,32 @@ class GroupCommit:
         callback(error)
 
     def _run(self) -> None:
+        def wanted() -> bool:
+            return self._stopping or self.failure is not None or self._requested > self.flushed_offset
+
         while True:
             with self._condition:
                 if self._mode == "sync":
-                    self._condition.wait_for(lambda: self._stopping or self._requested > self.flushed_offset)
+                    self._condition.wait_for(wanted)
                 else:
-                    self._condition.wait_for(
-                        lambda: self._stopping or self._requested > self.flushed_offset,
-                        self._async_interval_s,
-                    )
+                    self._condition.wait_for(wanted, self._async_interval_s)
                 stopping = self._stopping
-                if self._abandoned:
+                if self._abandoned or self.failure is not None:
                     return
             try:
                 flushed = self._sync()
             except OSError as error:
-                self._fail(error)
+                self._fail(error, "sync")
                 return
-            self._release(flushed)
-            if stopping:
+            if not self._release(flushed) or stopping:
                 return
 
-    def _release(self, flushed: int) -> None:
+    def _release(self, flushed: int) -> bool:
+        """Publish a completed sync and release its waiters; False (nothing done) once fenced."""
         ready: list[DurabilityCallback] = []
         with self._condition:
+            if self.failure is not None:
+                return False  # fenced while this sync ran: it counts for nothing
             self.sync_count += 1
             if flushed > self.flushed_offset:
                 self.flushed_offset = flushed
@@ -174,14 +192,19 @@ class GroupCommit:
         for callback in ready:
             callback(None)
         self._on_flushed(flushed)
+        return True
 
-    def _fail(self, error: BaseException) -> None:
+    def _fail(self, error: BaseException, operation: str) -> None:
         with self._condition:
+            if self.failure is not None:
+                return  # already fenced: the first failure stands
             self.failure = error
+            self._failed_operation = operation
             pending = [entry[2] for entry in self._callbacks]
             self._callbacks.clear()
             self._condition.notify_all()
-        self._on_failure(error)
+        if operation == "sync":
+            self._on_failure(error)
         fenced = self._fenced_error()
         for callback in pending:
             callback(fenced)

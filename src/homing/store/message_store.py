@@ -5,31 +5,41 @@ Theory of operation (the data path; recovery is in :mod:`homing.store.recovery`)
 * ``append`` encodes a batch of records (assigning each its log offset, queue offset and store
   time), refuses the whole batch before writing a byte if it is invalid, the store is fenced or the
   disk is above its guard, and writes it with one ``pwrite`` per segment into pre-allocated segment
-  files. It returns where the batch ends; nothing is durable yet.
+  files. It returns where the batch ends; nothing is durable yet. Then it publishes the new write
+  offset (with the files written) under a lock of its own, which is all a sync has to wait for.
 * Durability is asked for with ``wait_durable`` (threads) or ``add_durability_callback`` (event
   loops): the :class:`GroupCommit` flusher syncs and releases waiters by flushed offset.
 * A dispatcher thread follows the flushed offset (never the written one): it appends consume-queue
   entries and key-index keys, so no reader can see a record that is not durable. It also writes the
   checkpoint periodically, after syncing the files the checkpoint vouches for.
 * An allocator thread pre-allocates the next segment when the active one is half full.
-* A failed write or sync fences the store: no further appends, every waiter fails, a clear error.
+* A failed write or sync fences the store: no further appends, every waiter fails, a clear error,
+  and nothing pending is confirmed afterwards, even by a sync that succeeds.
+
+The append and the dispatcher are the hot path and work a batch at a time: the append encodes its
+records into one :class:`EncodedBatch` (no object per record) that is both what :class:`AppendResult`
+reports from and what the dispatcher derives queue entries and index keys from, without decoding.
 """
 
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import crc32c
 
 from homing.clock import Clock, SystemClock
 from homing.store.checkpoint import Checkpoint, read_checkpoint, write_checkpoint
 from homing.store.commit_log import CommitLog, Segment
-from homing.store.consume_queue import ConsumeQueue, DamagedEntryError, QueueEntry, pack_entry
+from homing.store.consume_queue import ENTRY_BODY, ConsumeQueue, DamagedEntryError, QueueEntry, join_entries
 from homing.store.disk import Disk, DiskFile, OsDisk
 from homing.store.disk_guard import DiskGuard
 from homing.store.errors import (
@@ -40,23 +50,35 @@ from homing.store.errors import (
     StoreFencedError,
 )
 from homing.store.group_commit import DurabilityCallback, FlushMode, GroupCommit
-from homing.store.key_index import BUSINESS_KEY_KIND, MESSAGE_ID_KIND, DamagedRunError, KeyIndex, key_hash
+from homing.store.key_index import (
+    BUSINESS_KEY_KIND,
+    MESSAGE_ID_KIND,
+    DamagedRunError,
+    KeyIndex,
+    index_entry,
+    key_hash,
+    key_hasher,
+)
+from homing.store.key_index import ENTRY_TAIL as INDEX_ENTRY_TAIL
 from homing.store.log_scan import CorruptRange
 from homing.store.queue_table import QueueKey, QueueTable
 from homing.store.record import (
     FILLER_SIZE,
     HEADER_SIZE,
+    MAGIC,
+    PLACED_FIELDS,
+    EncodedBatch,
     NewRecord,
     RecordDefect,
     StoredRecord,
     decode_record,
     encode_filler,
-    encode_record,
+    encoded_size,
 )
 from homing.store.recovery import RecoveryReport, rebuild_index_range, rebuild_queue, recover
 from homing.store.tag_hash import NO_TAG_HASH, tag_hash
 
-__all__ = ["AppendResult", "MessageStore", "QueueRead", "StoreConfig"]
+__all__ = ["AppendResult", "AppendedRecord", "MessageStore", "QueueRead", "StoreConfig"]
 
 log = logging.getLogger("homing.store")
 
@@ -84,8 +106,7 @@ class StoreConfig:
     max_batch_records: int = 10_000
 
 
-@dataclass(frozen=True, slots=True)
-class AppendedRecord:
+class AppendedRecord(NamedTuple):
     physical_offset: int
     queue_offset: int
     size: int
@@ -94,8 +115,25 @@ class AppendedRecord:
 
 @dataclass(frozen=True, slots=True)
 class AppendResult:
-    records: list[AppendedRecord]
+    """Where an append put its records.
+
+    An append makes no object per record (it is the store's hot path, and most callers only need
+    :attr:`end_offset`): :attr:`records` makes the per-record view when asked.
+    """
+
     end_offset: int  # durable once the flushed offset reaches it
+    batch: EncodedBatch | None = None  # None for an empty append
+
+    @property
+    def records(self) -> list[AppendedRecord]:
+        """One :class:`AppendedRecord` per record, in append order (made on each access)."""
+        if self.batch is None:
+            return []
+        store_ms = self.batch.store_timestamp_ms
+        return [
+            AppendedRecord(physical, queue_offset, size, store_ms)
+            for _, _, queue_offset, physical, size, _ in self.batch.placed()
+        ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,10 +142,6 @@ class QueueRead:
     next_queue_offset: int  # where the next read should start (past what was returned or skipped)
     min_queue_offset: int
     max_queue_offset: int  # the queue's next offset: entries are [min, max)
-
-
-# (physical_offset, size, topic, queue_id, queue_offset, tag, store_ms, message_id, keys)
-_DispatchItem = tuple[int, int, str, int, int, str | None, int, str, Sequence[str]]
 
 
 @dataclass(slots=True)
@@ -131,7 +165,10 @@ class MessageStore:
         )
         self.index = KeyIndex(self.disk, os.path.join(root, "index"), config.index_buffer_entries)
         self.guard = DiskGuard(self.disk, root, self.clock, config.max_disk_used_ratio)
-        self._append_lock = threading.Lock()
+        self._append_lock = threading.Lock()  # one append at a time (held while encoding and writing)
+        # Guards what a sync must read together, the write offset and the files written below it;
+        # held only to publish them, so the flusher never waits for an append to encode and write.
+        self._written_lock = threading.Lock()
         self._queues_lock = threading.RLock()  # consume queues and index: dispatcher vs readers
         self._group_commit = GroupCommit(
             self._sync_written,
@@ -141,7 +178,8 @@ class MessageStore:
             on_failure=self._on_sync_failure,
         )
         self._queue_next: dict[QueueKey, int] = {}
-        self._dispatch_queue: deque[_DispatchItem] = deque()
+        # Appended batches not yet dispatched, in log order (one item per append, not per record).
+        self._dispatch_queue: deque[EncodedBatch] = deque()
         self._dirty_segments: dict[int, DiskFile] = {}
         self.write_offset = 0
         self.dispatched_offset = 0
@@ -157,6 +195,7 @@ class MessageStore:
         self.recovery: RecoveryReport | None = None
         self._last_checkpoint_s = 0.0
         self._allocation_error: BaseException | None = None
+        self._preallocation_asked_for = -1  # base offset of the segment whose successor was asked for
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -213,6 +252,14 @@ class MessageStore:
             log.warning("consume queue %s/%d rebuilt from the log", *key)
         for start, end in report.rebuilt_index_ranges:
             log.warning("key index for log range [%d, %d) rebuilt from the log", start, end)
+        for segment, missing in self.log.short_segments():
+            log.error(
+                "%s is %d bytes short of the next segment (cut short): records at and after its byte %d "
+                "will not be served",
+                segment.path,
+                missing,
+                segment.size,
+            )
 
     def _start_thread(self, name: str, target: Callable[[], None]) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)
@@ -302,73 +349,56 @@ class MessageStore:
     def append(self, records: Sequence[NewRecord]) -> AppendResult:
         """Write a batch (all or nothing); it is durable once :meth:`wait_durable` returns."""
         if not records:
-            return AppendResult([], self.write_offset)
+            return AppendResult(self.write_offset)
         if len(records) > self.config.max_batch_records:
             raise InvalidRecordError(f"a batch holds at most {self.config.max_batch_records} records")
         with self._append_lock:
             self._check_writable()
             self.guard.check()
-            now_ms = self.clock.now_ms()
-            # Recorded in each record so that recovery can tell damaged acknowledged bytes from a torn tail.
-            durable_before = self._group_commit.flushed_offset
             position = self.write_offset
+            # durable_before is recorded in each record so that recovery can tell damaged
+            # acknowledged bytes from a torn tail.
+            batch = EncodedBatch(self.clock.now_ms(), self._group_commit.flushed_offset, position)
             segment = self._active_segment(position)
             placements = [_Placement(segment, position)]
-            appended: list[AppendedRecord] = []
-            next_offsets: dict[QueueKey, int] = {}
-            items: list[_DispatchItem] = []
-            # Per-record work is the hot path: the current segment's end and chunk list stay in locals.
-            segment_end = segment.end_offset
-            chunks = placements[0].chunks
-            for record in records:
-                key = (record.topic, record.queue_id)
-                queue_offset = next_offsets.get(key)
-                if queue_offset is None:
-                    queue_offset = self._queue_next.get(key, 0)
-                data = encode_record(record, queue_offset, position, now_ms, durable_before)
-                size = len(data)
-                if position + size > segment_end:
-                    if size > self.log.segment_size_bytes:
-                        raise InvalidRecordError(
-                            f"a record of {size} bytes does not fit in a segment "
-                            f"of {self.log.segment_size_bytes} bytes"
-                        )
-                    room = segment_end - position
-                    if room >= FILLER_SIZE:
-                        chunks.append(encode_filler(position, room))
-                    segment = self._segment_after(placements[-1].segment)
-                    position = segment.base_offset
-                    segment_end = segment.end_offset
-                    placements.append(_Placement(segment, position))
-                    chunks = placements[-1].chunks
-                    data = encode_record(record, queue_offset, position, now_ms, durable_before)
-                    size = len(data)
-                chunks.append(data)
-                appended.append(AppendedRecord(position, queue_offset, size, now_ms))
-                items.append(
-                    (
-                        position,
-                        size,
-                        record.topic,
-                        record.queue_id,
-                        queue_offset,
-                        record.tag,
-                        now_ms,
-                        record.message_id,
-                        record.keys,
+            queue_next = self._queue_next
+            done = batch.encode(records, 0, position, segment.end_offset, queue_next, placements[0].chunks)
+            while done < len(records):  # the next record does not fit: end the segment, go on in the next
+                position = batch.end_offset
+                size = encoded_size(records[done])
+                if size > self.log.segment_size_bytes:
+                    raise InvalidRecordError(
+                        f"a record of {size} bytes does not fit in a segment "
+                        f"of {self.log.segment_size_bytes} bytes"
                     )
-                )
-                next_offsets[key] = queue_offset + 1
-                position += size
+                room = segment.end_offset - position
+                if room >= FILLER_SIZE:
+                    placements[-1].chunks.append(encode_filler(position, room))
+                segment = self._segment_after(segment)
+                position = segment.base_offset
+                placements.append(_Placement(segment, position))
+                chunks = placements[-1].chunks
+                done = batch.encode(records, done, position, segment.end_offset, queue_next, chunks)
+            position = batch.end_offset
             self._write_placements(placements)
-            self._queue_next.update(next_offsets)
-            self._dispatch_queue.extend(items)
-            self.write_offset = position
-            if position - segment.base_offset >= segment.size * self.config.preallocate_at_ratio:
+            self._queue_next.update(batch.next_queue_offsets)
+            # Queued for the dispatcher before the flusher can see the new write offset: once a
+            # sync covers the batch, the dispatcher must find it.
+            self._dispatch_queue.append(batch)
+            self._publish_written(
+                [placement.segment for placement in placements if placement.chunks], position
+            )
+            if (
+                position - segment.base_offset >= segment.size * self.config.preallocate_at_ratio
+                and self._preallocation_asked_for != segment.base_offset
+            ):
+                # Once per segment: waking the allocator thread on every append would cost a thread
+                # switch per batch. If that allocation fails, the roll-over allocates inline.
+                self._preallocation_asked_for = segment.base_offset
                 self._wake_allocator.set()
         if self.config.flush_mode == "sync":
             self._group_commit.request(position)
-        return AppendResult(appended, position)
+        return AppendResult(position, batch)
 
     def _active_segment(self, position: int) -> Segment:
         segment = self.log.segment_for(position)
@@ -400,9 +430,16 @@ class MessageStore:
                 file_position = placement.first_offset - segment.base_offset
                 written.append((segment, file_position, len(data)))
                 segment.file.pwrite(data, file_position)
-                self._dirty_segments[segment.base_offset] = segment.file
         except OSError as error:
             self._undo_partial_write(written, error)
+
+    def _publish_written(self, segments: list[Segment], write_offset: int | None) -> None:
+        """Make written bytes visible to the next sync: their files, and the new write offset."""
+        with self._written_lock:
+            for segment in segments:
+                self._dirty_segments[segment.base_offset] = segment.file
+            if write_offset is not None:
+                self.write_offset = write_offset
 
     def _undo_partial_write(self, written: list[tuple[Segment, int, int]], error: OSError) -> None:
         """A write failed part-way: blank what may have landed, then refuse (ENOSPC) or fence."""
@@ -410,20 +447,26 @@ class MessageStore:
             try:
                 for segment, file_position, size in written:
                     segment.file.pwrite(bytes(size), file_position)
+                self._publish_written([segment for segment, _, _ in written], None)  # sync the blanks too
             except OSError as second:
-                self._fence = second
+                self._fence_after_write(second)
                 raise StoreFencedError(
                     f"write failed ({error}) and could not be undone ({second})"
                 ) from error
             raise DiskFullError(f"no space left for this write: {error}") from error
-        self._fence = error
-        log.error("store fenced: a write failed: %s", error)
+        self._fence_after_write(error)
         raise StoreFencedError(f"write failed: {error}; the store refuses further writes") from error
+
+    def _fence_after_write(self, error: OSError) -> None:
+        """Refuse every later append and fail every durability waiter not released yet."""
+        self._fence = error
+        log.error("store fenced: a write failed: %s; nothing pending is acknowledged", error)
+        self._group_commit.fence(error)
 
     # ----------------------------------------------------------------- durability
 
     def _sync_written(self) -> int:
-        with self._append_lock:
+        with self._written_lock:
             target = self.write_offset
             dirty = list(self._dirty_segments.values())
             self._dirty_segments.clear()
@@ -490,38 +533,34 @@ class MessageStore:
     def _dispatch_up_to(self, target: int) -> None:
         if target <= self.dispatched_offset:
             return
-        pending: dict[QueueKey, list[bytes]] = {}
+        pending: dict[QueueKey, list[bytes | int]] = {}
         first_offsets: dict[QueueKey, int] = {}
-        keyed: list[tuple[int, int, int]] = []  # (key hash, store ms, log offset) for the index
+        keyed: list[bytes] = []  # key-index entries
+        reached = target
         with self._queues_lock:
             queue = self._dispatch_queue
-            # Items leave the queue now but go back to its front if a write fails (a full disk
+            # Batches leave the queue now but go back to its front if a write fails (a full disk
             # under the consume queue): the next round retries instead of leaving a hole.
             # (popleft is safe against appenders on the other end; iterating the deque is not.)
-            taken: list[_DispatchItem] = []
-            while queue and queue[0][0] < target:
-                item = queue.popleft()
-                taken.append(item)
-                physical, size, topic, queue_id, queue_offset, tag, store_ms, message_id, keys = item
-                key = (topic, queue_id)
-                entries = pending.get(key)
-                if entries is None:
-                    entries = pending[key] = []
-                    first_offsets[key] = queue_offset
-                entries.append(pack_entry(physical, size, tag_hash(tag) if tag else NO_TAG_HASH, store_ms))
-                if message_id:
-                    keyed.append((key_hash(MESSAGE_ID_KIND, message_id), store_ms, physical))
-                for business_key in keys:
-                    keyed.append((key_hash(BUSINESS_KEY_KIND, business_key), store_ms, physical))
+            taken: list[EncodedBatch] = []
+            while queue and queue[0].first_offset < target:
+                if queue[0].end_offset > target:
+                    # Flushes end at batch boundaries (an append publishes its write offset once,
+                    # whole), so this does not happen; if it did, wait for the next flush.
+                    reached = queue[0].first_offset
+                    break
+                batch = queue.popleft()
+                taken.append(batch)
+                _derive(batch, pending, first_offsets, keyed)
             try:
-                for key, entries in pending.items():
-                    self.queues.get(key).write(first_offsets[key], b"".join(entries))
+                for key, parts in pending.items():
+                    self.queues.get(key).write(first_offsets[key], join_entries(parts))
             except OSError:
                 queue.extendleft(reversed(taken))
                 raise
-            self.index.add_all(keyed)
-            self.index.advance(target)
-            self.dispatched_offset = max(self.dispatched_offset, target)
+            self.index.add_entries(keyed)
+            self.index.advance(reached)
+            self.dispatched_offset = max(self.dispatched_offset, reached)
         for listener in self._dispatch_listeners:
             listener()
 
@@ -638,13 +677,17 @@ class MessageStore:
             try:
                 yield decode_record(data, position, entry.physical_offset)
             except RecordDefect as defect:
-                raise self._corrupt(entry.physical_offset, defect.reason) from defect
+                raise self._corrupt(entry.physical_offset, defect.reason, entry.size) from defect
 
-    def _corrupt(self, physical_offset: int, reason: str) -> CorruptRecordError:
-        segment = self.log.segment_for(physical_offset)
-        file = segment.path if segment is not None else "(no segment)"
-        file_offset = physical_offset - segment.base_offset if segment is not None else -1
-        return CorruptRecordError(file, file_offset, physical_offset, reason)
+    def _corrupt(self, physical_offset: int, reason: str, size: int = 1) -> CorruptRecordError:
+        """The error for a bad record of ``size`` bytes, naming its segment file and offset in it."""
+        segment = self.log.segment_at_or_before(physical_offset)
+        if segment is None:
+            return CorruptRecordError("(no segment)", -1, physical_offset, reason)
+        file_offset = physical_offset - segment.base_offset
+        if file_offset + size > segment.size:
+            reason = f"{reason}; the segment file ends at byte {segment.size} (cut short)"
+        return CorruptRecordError(segment.path, file_offset, physical_offset, reason)
 
     def read_at(self, physical_offset: int, size: int) -> StoredRecord:
         if physical_offset < self.log.min_offset or physical_offset + size > self.dispatched_offset:
@@ -653,7 +696,7 @@ class MessageStore:
         try:
             return decode_record(data, 0, physical_offset)
         except RecordDefect as defect:
-            raise self._corrupt(physical_offset, defect.reason) from defect
+            raise self._corrupt(physical_offset, defect.reason, size) from defect
 
     def _read_unknown_size(self, physical_offset: int) -> StoredRecord | None:
         if physical_offset < self.log.min_offset or physical_offset >= self.dispatched_offset:
@@ -763,7 +806,7 @@ class MessageStore:
 
     def _first_store_ms(self, segment: Segment) -> int | None:
         head = segment.file.pread(HEADER_SIZE, 0)
-        if len(head) < HEADER_SIZE or head[:4] != b"HMR1":
+        if len(head) < HEADER_SIZE or head[:4] != MAGIC:
             return None
         return int.from_bytes(head[44:52], "little")
 
@@ -774,6 +817,52 @@ class MessageStore:
                 first_kept = _first_entry_at_or_after(queue, log_min)
                 queue.delete_files_before(first_kept)
             self.index.delete_runs_before(log_min)
+
+
+_MESSAGE_ID_HASHER = key_hasher(MESSAGE_ID_KIND)
+
+
+def _derive(
+    batch: EncodedBatch,
+    pending: dict[QueueKey, list[bytes | int]],
+    first_offsets: dict[QueueKey, int],
+    keyed: list[bytes],
+) -> None:
+    """Add a batch's consume-queue entry parts (see ``join_entries``) and key-index entries.
+
+    Runs once per record on the dispatcher thread, hence the locals: a record without a tag or
+    business keys costs one entry pack, two checksums and one hash.
+    """
+    store_ms = batch.store_timestamp_ms
+    flat = batch.flat_placed
+    tag_codes: Iterable[int] = itertools.repeat(NO_TAG_HASH)
+    if batch.tagged:
+        codes = [NO_TAG_HASH] * batch.count
+        for index, tag, business_keys in batch.tagged:
+            codes[index] = tag_hash(tag)
+            physical = flat[index * PLACED_FIELDS + 3]
+            for business_key in business_keys:
+                keyed.append(index_entry(key_hash(BUSINESS_KEY_KIND, business_key), store_ms, physical))
+        tag_codes = codes
+    pack_body = ENTRY_BODY.pack
+    checksum = crc32c.crc32c
+    copy_hasher = _MESSAGE_ID_HASHER.copy
+    pack_tail = INDEX_ENTRY_TAIL.pack
+    fields = iter(flat)
+    # tag_codes may repeat forever: the six fields end the loop.
+    records = zip(fields, fields, fields, fields, fields, fields, tag_codes, strict=False)
+    for topic, queue_id, queue_offset, physical, size, message_id, tag_code in records:
+        key = (topic, queue_id)
+        parts = pending.get(key)
+        if parts is None:
+            parts = pending[key] = []
+            first_offsets[key] = queue_offset
+        body = pack_body(physical, size, tag_code, store_ms)
+        parts += (body, checksum(body))
+        if message_id:
+            hasher = copy_hasher()
+            hasher.update(message_id)
+            keyed.append(hasher.digest()[::-1] + pack_tail(physical, store_ms))
 
 
 def _first_entry_at_or_after(queue: ConsumeQueue, log_offset: int) -> int:

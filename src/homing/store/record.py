@@ -43,9 +43,11 @@ was written when they were already durable: corruption) from a torn, never-ackno
 
 from __future__ import annotations
 
+import itertools
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import crc32c
 
@@ -58,6 +60,7 @@ __all__ = [
     "MAGIC",
     "MAX_BODY_BYTES",
     "MAX_RECORD_BYTES",
+    "EncodedBatch",
     "NewRecord",
     "RecordDefect",
     "StoredRecord",
@@ -65,6 +68,7 @@ __all__ = [
     "durable_before",
     "encode_filler",
     "encode_record",
+    "encoded_size",
     "is_filler",
     "read_frame",
 ]
@@ -86,6 +90,8 @@ MAX_BODY_BYTES = 64 * 1024 * 1024
 MAX_TEXT_BYTES = 0xFFFF
 MAX_PROPERTIES_BYTES = 1024 * 1024
 MAX_RECORD_BYTES = HEADER_SIZE + 4 * MAX_TEXT_BYTES + MAX_PROPERTIES_BYTES + MAX_BODY_BYTES
+
+PLACED_FIELDS = 6  # items per record in EncodedBatch.flat_placed
 
 _KEY_SEPARATOR = "\x1f"
 _PAIR_SEPARATOR = "\x1e"
@@ -155,22 +161,8 @@ def encode_properties(properties: Mapping[str, str]) -> bytes:
     return encoded
 
 
-def encode_record(
-    record: NewRecord,
-    queue_offset: int,
-    physical_offset: int,
-    store_timestamp_ms: int,
-    durable_before: int = 0,
-) -> bytes:
-    """The record's bytes, framed and checksummed."""
-    # Every append runs this once per record: the common fields are encoded inline; ``_text``
-    # raises the error for an oversized one.
-    topic = record.topic.encode()
-    if len(topic) > MAX_TEXT_BYTES:
-        _text(record.topic, "topic")
-    message_id = record.message_id.encode()
-    if len(message_id) > MAX_TEXT_BYTES:
-        _text(record.message_id, "message id")
+def _optional_fields(record: NewRecord) -> tuple[bytes, bytes, bytes, int]:
+    """(tag, keys, properties) bytes and the flags, checked: the fields most records leave empty."""
     tag = _text(record.tag, "tag") if record.tag is not None else b""
     if record.keys:
         for key in record.keys:
@@ -179,11 +171,170 @@ def encode_record(
     else:
         keys = b""
     properties = encode_properties(record.properties) if record.properties else b""
+    # A present-but-empty tag and an absent tag must stay distinguishable: a flag bit marks "has tag".
+    flags = record.flags | (_HAS_TAG if record.tag is not None else 0)
+    return tag, keys, properties, flags
+
+
+def _check_limits(record: NewRecord) -> None:
+    """Raise :class:`InvalidRecordError` if the message id or the body is over its format limit."""
+    _text(record.message_id, "message id")
+    if len(record.body) > MAX_BODY_BYTES:
+        raise InvalidRecordError(f"body is {len(record.body)} bytes; at most {MAX_BODY_BYTES}")
+
+
+def encoded_size(record: NewRecord) -> int:
+    """Bytes :func:`encode_record` makes of ``record`` (raises :class:`InvalidRecordError` like it)."""
+    _check_limits(record)
+    tag, keys, properties, _ = _optional_fields(record)
+    topic = _text(record.topic, "topic")
+    text = len(topic) + len(record.message_id.encode()) + len(tag) + len(keys) + len(properties)
+    return HEADER_SIZE + text + len(record.body)
+
+
+@dataclass(slots=True)
+class EncodedBatch:
+    """Records of one append, encoded: one item per record, in log order.
+
+    Filled by :meth:`encode`, possibly in several calls (one per segment the batch spans). Besides
+    the bytes, it keeps what the store derives consume-queue entries and key-index keys from, so
+    that nothing has to be decoded again: each record's queue, message id (UTF-8) and, for the few
+    records that have them, tag and business keys.
+    """
+
+    store_timestamp_ms: int
+    durable_before: int
+    first_offset: int  # the log offset the append started at (a filler may come before the records)
+    end_offset: int = 0  # past the last record
+    # PLACED_FIELDS items per record, flat: topic, queue id, queue offset, log offset, size, message id
+    # (UTF-8). Flat because a tuple per record would be one more object per record for the garbage
+    # collector to track (collections cost more than the tuples themselves); see :meth:`placed`.
+    flat_placed: list[Any] = field(default_factory=list)
+    # (index, tag, keys) of the records with a tag or business keys; most records have neither.
+    tagged: list[tuple[int, str | None, tuple[str, ...]]] = field(default_factory=list)
+    # The next queue offset of every queue this batch wrote to.
+    next_queue_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+
+    def placed(self) -> Iterator[tuple[str, int, int, int, int, bytes]]:
+        """(topic, queue id, queue offset, log offset, size, message id) of each record, in order."""
+        fields = iter(self.flat_placed)
+        return zip(fields, fields, fields, fields, fields, fields, strict=True)
+
+    @property
+    def count(self) -> int:
+        return len(self.flat_placed) // PLACED_FIELDS
+
+    def encode(
+        self,
+        records: Sequence[NewRecord],
+        start: int,
+        position: int,
+        limit: int,
+        queue_next: Mapping[tuple[str, int], int],
+        chunks: list[bytes],
+    ) -> int:
+        """Encode ``records[start:]`` at log offset ``position`` onwards, appending their bytes to ``chunks``.
+
+        Stops before the first record that would end past ``limit`` (the end of the segment) and
+        returns its index (``len(records)`` when all fit); :attr:`end_offset` is where it stopped.
+        Queue offsets continue from :attr:`next_queue_offsets`, else from ``queue_next``. Raises
+        :class:`InvalidRecordError` for a record the format cannot hold.
+
+        The bytes are those of :func:`encode_record`, made with fewer calls: this loop runs once
+        per appended record and is the store's hot path.
+        """
+        store_ms = self.store_timestamp_ms
+        durable = self.durable_before
+        batch_next = self.next_queue_offsets
+        placed = self.flat_placed
+        pack_tail = _HEADER_TAIL.pack
+        pack_frame = _FRAME.pack
+        checksum = crc32c.crc32c
+        topics: dict[str, bytes] = {}
+        for index, record in enumerate(itertools.islice(records, start, None), start):
+            topic = record.topic
+            topic_bytes = topics.get(topic)
+            if topic_bytes is None:
+                topic_bytes = topics[topic] = _text(topic, "topic")
+            message_id = record.message_id.encode()
+            body = record.body
+            if len(message_id) > MAX_TEXT_BYTES or len(body) > MAX_BODY_BYTES:
+                _check_limits(record)
+            tag = record.tag
+            keys = record.keys
+            if tag is None and not keys and not record.properties:
+                text = topic_bytes + message_id
+                flags = record.flags
+                tag_length = keys_length = properties_length = 0
+                plain = True
+            else:
+                tag_bytes, keys_bytes, properties_bytes, flags = _optional_fields(record)
+                text = b"".join((topic_bytes, message_id, tag_bytes, keys_bytes, properties_bytes))
+                tag_length, keys_length, properties_length = (
+                    len(tag_bytes),
+                    len(keys_bytes),
+                    len(properties_bytes),
+                )
+                plain = False
+            size = HEADER_SIZE + len(text) + len(body)
+            if position + size > limit:
+                self.end_offset = position
+                return index
+            queue_id = record.queue_id
+            key = (topic, queue_id)
+            queue_offset = batch_next.get(key)
+            if queue_offset is None:
+                queue_offset = queue_next.get(key, 0)
+            batch_next[key] = queue_offset + 1
+            covered = (
+                pack_tail(
+                    flags,
+                    queue_id,
+                    queue_offset,
+                    position,
+                    record.born_timestamp_ms,
+                    store_ms,
+                    len(topic_bytes),
+                    len(message_id),
+                    tag_length,
+                    keys_length,
+                    properties_length,
+                    len(body),
+                    durable,
+                )
+                + text
+            )
+            chunks += (pack_frame(MAGIC_INT, size, checksum(body, checksum(covered))), covered, body)
+            placed += (topic, queue_id, queue_offset, position, size, message_id)
+            if not plain and (tag is not None or keys):
+                self.tagged.append((index, tag, tuple(keys)))
+            position += size
+        self.end_offset = position
+        return len(records)
+
+
+def encode_record(
+    record: NewRecord,
+    queue_offset: int,
+    physical_offset: int,
+    store_timestamp_ms: int,
+    durable_before: int = 0,
+) -> bytes:
+    """The record's bytes, framed and checksummed.
+
+    The reference encoding of one record; appends go through :meth:`EncodedBatch.encode`, which
+    must make the same bytes (the store tests compare them).
+    """
+    topic = record.topic.encode()
+    if len(topic) > MAX_TEXT_BYTES:
+        _text(record.topic, "topic")
+    message_id = record.message_id.encode()
+    if len(message_id) > MAX_TEXT_BYTES:
+        _text(record.message_id, "message id")
+    tag, keys, properties, flags = _optional_fields(record)
     body = record.body
     if len(body) > MAX_BODY_BYTES:
         raise InvalidRecordError(f"body is {len(body)} bytes; at most {MAX_BODY_BYTES}")
-    # A present-but-empty tag and an absent tag must stay distinguishable: a flag bit marks "has tag".
-    flags = record.flags | (_HAS_TAG if record.tag is not None else 0)
     header_tail = _HEADER_TAIL.pack(
         flags,
         record.queue_id,

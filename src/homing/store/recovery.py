@@ -15,6 +15,9 @@ checked against it:
    largest of what the checkpoint, the log and the surviving entries say, so an offset is never
    handed out twice (a consumer that had read it would skip the new message).
 5. Everything rebuilt is synced before the new checkpoint is written.
+
+:func:`recover` runs these steps in order: :func:`_plan` (1, 2), :func:`_scan_and_dispatch` and
+:func:`_cut` (3), :func:`_write_index_gaps` and :func:`_settle_queues` (4, 5).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from homing.store.checkpoint import Checkpoint
 from homing.store.commit_log import CommitLog
 from homing.store.consume_queue import ENTRY_SIZE, ConsumeQueue, DamagedEntryError, pack_entry
 from homing.store.disk import Disk
-from homing.store.key_index import BUSINESS_KEY_KIND, MESSAGE_ID_KIND, KeyIndex, key_hash
+from homing.store.key_index import BUSINESS_KEY_KIND, MESSAGE_ID_KIND, KeyIndex, index_entry, key_hash
 from homing.store.log_scan import CorruptRange, LogScan, TornTail
 from homing.store.queue_table import QueueKey, QueueTable
 from homing.store.record import StoredRecord
@@ -76,6 +79,18 @@ def _queue_needs_rebuild(queue: ConsumeQueue, expected_next: int) -> bool:
     return False
 
 
+@dataclass(slots=True)
+class _Plan:
+    """What the scan must re-derive, decided from the checkpoint and the derived files found."""
+
+    queues_offset: int  # consume queues are complete for records before this offset
+    index_from: int  # the key index is complete for records before this offset
+    start: int  # where the scan begins
+    rebuild: set[QueueKey]  # queues rebuilt from the start of the log
+    gaps: list[tuple[int, int]]  # key-index ranges [start, end) with no run, rebuilt as runs
+    queue_next: dict[QueueKey, int]  # each queue's next offset as far as known so far
+
+
 def recover(
     disk: Disk,
     log: CommitLog,
@@ -86,6 +101,21 @@ def recover(
 ) -> RecoveredState:
     started = time.monotonic()
     report = RecoveryReport(abnormal_shutdown=abnormal_shutdown, checkpoint_found=checkpoint is not None)
+    plan = _plan(log, queues, index, checkpoint)
+    report.scanned_from = plan.start
+    scan = LogScan(log, plan.start)
+    gap_entries = _scan_and_dispatch(scan, queues, index, plan)
+    end = _cut(log, scan, plan.start, report)
+    _write_index_gaps(index, plan.gaps, gap_entries, report)
+    index.advance(end)
+    _settle_queues(queues, plan.queue_next, end, report)
+    report.rebuilt_queues = sorted(plan.rebuild)
+    report.duration_s = time.monotonic() - started
+    return RecoveredState(write_offset=end, queue_next=plan.queue_next, report=report)
+
+
+def _plan(log: CommitLog, queues: QueueTable, index: KeyIndex, checkpoint: Checkpoint | None) -> _Plan:
+    """Check the derived data against the checkpoint (steps 1 and 2) and decide where the scan starts."""
     log_min = log.min_offset
     log_end_bound = log.segments[-1].end_offset if log.segments else log_min
     if checkpoint is not None and not (log_min <= checkpoint.queues_offset <= log_end_bound):
@@ -106,15 +136,19 @@ def recover(
                 queue.remove_all()
                 rebuild.add(key)
     gaps = index.open(log_min)
-    if checkpoint is None or checkpoint.index_offset < index.covered_end:
-        pass
+    # The index buffer restarts where both the runs and the checkpoint say the index is complete.
     index_from = min(index.covered_end, checkpoint.index_offset if checkpoint else log_min)
     index.covered_end = index.buffered_end = index_from
     start = min([queues_offset, index_from] + [gap[0] for gap in gaps] + ([log_min] if rebuild else []))
-    start = max(start, log_min)
-    report.scanned_from = start
-    gap_entries: list[list[tuple[int, int, int]]] = [[] for _ in gaps]
+    return _Plan(queues_offset, index_from, max(start, log_min), rebuild, gaps, queue_next)
 
+
+def _scan_and_dispatch(scan: LogScan, queues: QueueTable, index: KeyIndex, plan: _Plan) -> list[list[bytes]]:
+    """Re-derive queue entries and index keys from every valid record of the scan (step 3).
+
+    Updates ``plan.queue_next``; returns the key-index entries of each gap of ``plan.gaps``.
+    """
+    gap_entries: list[list[bytes]] = [[] for _ in plan.gaps]
     # Entries are written in batches of consecutive queue offsets, one pwrite per batch rather than
     # per record: the files end up the same, and the scan after a crash is that much shorter.
     batches: dict[QueueKey, tuple[int, list[bytes]]] = {}
@@ -123,11 +157,11 @@ def recover(
         first, entries = batches.pop(key)
         queues.get(key).write(first, b"".join(entries))
 
-    scan = LogScan(log, start)
+    queue_next = plan.queue_next
     for record in scan.records():
         key = (record.topic, record.queue_id)
         offset = record.physical_offset
-        if offset >= queues_offset or key in rebuild:
+        if offset >= plan.queues_offset or key in plan.rebuild:
             entry = pack_entry(offset, record.size, tag_hash(record.tag), record.store_timestamp_ms)
             batch = batches.get(key)
             if batch is not None and batch[0] + len(batch[1]) == record.queue_offset:
@@ -141,17 +175,22 @@ def recover(
         if record.queue_offset + 1 > queue_next.get(key, 0):
             queue_next[key] = record.queue_offset + 1
         hashes = index_keys(record)
-        if offset >= index_from:
+        if offset >= plan.index_from:
             for value in hashes:
                 index.add(value, record.store_timestamp_ms, offset)
         else:
-            for gap_number, (gap_start, gap_end) in enumerate(gaps):
+            for gap_number, (gap_start, gap_end) in enumerate(plan.gaps):
                 if gap_start <= offset < gap_end:
                     gap_entries[gap_number].extend(
-                        (value, record.store_timestamp_ms, offset) for value in hashes
+                        index_entry(value, record.store_timestamp_ms, offset) for value in hashes
                     )
     for key in list(batches):
         write_batch(key)
+    return gap_entries
+
+
+def _cut(log: CommitLog, scan: LogScan, start: int, report: RecoveryReport) -> int:
+    """Report what the scan found and cut a torn tail (step 3); return the end of the log."""
     scan_report = scan.report
     end = scan_report.end_offset if scan_report.records or scan.cut else max(start, scan_report.end_offset)
     report.records_scanned = scan_report.records
@@ -166,20 +205,26 @@ def recover(
         # left in them would come back at the next recovery, so they go (the allocator recreates).
         for later in scan.cut_segments:
             log.delete_segment(later)
+    return end
 
+
+def _write_index_gaps(
+    index: KeyIndex, gaps: list[tuple[int, int]], gap_entries: list[list[bytes]], report: RecoveryReport
+) -> None:
+    """Write one run for each key-index gap the scan re-derived (step 5: runs are written durably)."""
     for (gap_start, gap_end), entries in zip(gaps, gap_entries, strict=True):
-        entries.sort(key=lambda entry: (entry[0], entry[2]))
         index.write_run(gap_start, gap_end, entries)
         report.rebuilt_index_ranges.append((gap_start, gap_end))
-    index.advance(end)
 
+
+def _settle_queues(
+    queues: QueueTable, queue_next: dict[QueueKey, int], end: int, report: RecoveryReport
+) -> None:
+    """Drop entries past the end of the log, fix each queue's next offset, sync (steps 4 and 5)."""
     for key, queue in queues:
         report.truncated_queue_entries += _drop_entries_past(queue, queue_next.get(key, 0), end)
         queue_next[key] = max(queue_next.get(key, 0), queue.next_offset)
         queue.sync()
-    report.rebuilt_queues = sorted(rebuild)
-    report.duration_s = time.monotonic() - started
-    return RecoveredState(write_offset=end, queue_next=queue_next, report=report)
 
 
 def _drop_entries_past(queue: ConsumeQueue, known_next: int, log_end: int) -> int:
@@ -224,15 +269,13 @@ def rebuild_queue(log: CommitLog, queue: ConsumeQueue, key: QueueKey, end_offset
 
 
 def rebuild_index_range(log: CommitLog, index: KeyIndex, start: int, end: int) -> None:
-    entries: list[tuple[int, int, int]] = []
+    entries: list[bytes] = []
     scan = LogScan(log, start)
     for record in scan.records():
         if record.physical_offset >= end:
             break
-        entries.extend(
-            (value, record.store_timestamp_ms, record.physical_offset) for value in index_keys(record)
-        )
-    entries.sort(key=lambda entry: (entry[0], entry[2]))
+        store_ms, offset = record.store_timestamp_ms, record.physical_offset
+        entries.extend(index_entry(value, store_ms, offset) for value in index_keys(record))
     index.write_run(start, end, entries)
 
 

@@ -1,8 +1,9 @@
 """The tag hash kept in consume-queue entries, so a TAG filter can skip records without reading them.
 
-Stable across processes and versions (it is written to disk): the first 8 bytes of BLAKE2b of the
-UTF-8 tag. 0 is reserved for "no tag"; a tag whose hash happens to be 0 is stored as 1 (a false
-positive for a filter, which then compares the real tag, never a false negative).
+Stable across processes and versions (it is written to disk): BLAKE2b with an 8-byte digest
+(``digest_size=8``, not a cut BLAKE2b-512) of the UTF-8 tag, read big-endian. 0 is reserved for
+"no tag"; a tag whose hash happens to be 0 is stored as 1 (a false positive for a filter, which
+then compares the real tag, never a false negative).
 """
 
 from __future__ import annotations
