@@ -21,11 +21,17 @@ Rows (``name``):
   SendMessage call and waiting for the answer; latency per call.
 - ``send_batched_64`` / ``send_batched_256``: SendMessage calls of 64 (8 in flight) or 256
   (4 in flight) messages; latency per call.
+- ``send_stream_16``: as ``send_single_16``, but over Homing's extension
+  ``homing.v1.Extensions/SendStream`` (what Homing's client uses against a Homing broker): each
+  sender has a stream of its own on the one channel and one request in flight on it.
 - ``consume_ack``: a backlog of ``messages`` is stored first (batched sends, not timed; its rate is
   ``fill_msgs_per_s``), then ``consumers`` concurrent loops of ReceiveMessage (batch 32, 60 s
   invisible, 1 s long poll) + one AckMessage with the batch's entries drain it; latency per
   receive + ack cycle (``receive_p50_ms``... for the receive and building the ack request,
   ``ack_p50_ms``... for the AckMessage call).
+- ``consume_ack_batch``: as ``consume_ack``, receiving with the extension
+  ``homing.v1.Extensions/ReceiveBatch`` (the whole answer in one response; what Homing's client
+  uses against a Homing broker).
 
 Fields: ``msgs_per_s``, ``p50_ms``, ``p99_ms``, ``messages``, ``seconds``, the row's parameters
 (``senders``, ``batch``, ``consumers``, ``body_bytes``), the broker's ``cpu_s`` (user + system
@@ -59,7 +65,7 @@ import grpc
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from homing.protocol import definition_pb2, service_pb2
+from homing.protocol import definition_pb2, extensions_pb2, service_pb2
 from homing.testing import BrokerProcess
 
 BODY_BYTES = 1024
@@ -70,9 +76,18 @@ INVISIBLE_S = 60
 LONG_POLL_S = 1
 CALL_TIMEOUT_S = 30.0
 SERVICE = "/apache.rocketmq.v2.MessagingService/"
+EXTENSIONS = "/homing.v1.Extensions/"
 OK = definition_pb2.OK
-PROFILED_ROWS = ("send_single_16", "send_batched_256", "consume_ack")
-ROWS = ("send_single_1", "send_single_16", "send_batched_64", "send_batched_256", "consume_ack")
+PROFILED_ROWS = ("send_single_16", "send_stream_16", "send_batched_256", "consume_ack", "consume_ack_batch")
+ROWS = (
+    "send_single_1",
+    "send_single_16",
+    "send_stream_16",
+    "send_batched_64",
+    "send_batched_256",
+    "consume_ack",
+    "consume_ack_batch",
+)
 
 Row = dict[str, object]
 
@@ -316,6 +331,19 @@ class RawClient:
             request_serializer=None,
             response_deserializer=service_pb2.ReceiveMessageResponse.FromString,
         )
+        self.receive_batch_call: grpc.aio.UnaryUnaryMultiCallable[bytes, extensions_pb2.ReceiveBatchResponse]
+        self.receive_batch_call = self.channel.unary_unary(
+            EXTENSIONS + "ReceiveBatch",
+            request_serializer=None,
+            response_deserializer=extensions_pb2.ReceiveBatchResponse.FromString,
+        )
+        # Requests go out as bytes: a StreamedSendRequest wrapped around a prebuilt SendMessageRequest.
+        self.send_stream_call: grpc.aio.StreamStreamMultiCallable[bytes, extensions_pb2.StreamedSendResponse]
+        self.send_stream_call = self.channel.stream_stream(
+            EXTENSIONS + "SendStream",
+            request_serializer=None,
+            response_deserializer=extensions_pb2.StreamedSendResponse.FromString,
+        )
         self.ack_call = self.channel.unary_unary(
             SERVICE + "AckMessage",
             request_serializer=service_pb2.AckMessageRequest.SerializeToString,
@@ -339,6 +367,13 @@ class RawClient:
             elif kind == "status" and response.status.code not in (OK, definition_pb2.MESSAGE_NOT_FOUND):
                 raise RuntimeError(f"ReceiveMessage failed: {response.status}")
         return messages
+
+    async def receive_batch(self, request: bytes) -> list[definition_pb2.Message]:
+        """The messages of one ReceiveBatch call (empty when the long poll ended with none)."""
+        response = await self.receive_batch_call(request, timeout=CALL_TIMEOUT_S, metadata=self.metadata)
+        if response.status.code not in (OK, definition_pb2.MESSAGE_NOT_FOUND):
+            raise RuntimeError(f"ReceiveBatch failed: {response.status}")
+        return list(response.messages)
 
     async def ack(self, request: service_pb2.AckMessageRequest) -> service_pb2.AckMessageResponse:
         response: service_pb2.AckMessageResponse = await self.ack_call(
@@ -371,6 +406,22 @@ def send_requests(topic: str, batch: int, total_messages: int, body: bytes) -> l
             sequence += 1
         requests.append(request.SerializeToString())
     return requests
+
+
+def streamed(request_id: int, request: bytes) -> bytes:
+    """A serialized StreamedSendRequest holding the serialized SendMessageRequest ``request``."""
+    return b"\x08" + _varint(request_id) + b"\x12" + _varint(len(request)) + request
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, value = value & 0x7F, value >> 7
+        if value:
+            out.append(low | 0x80)
+        else:
+            out.append(low)
+            return bytes(out)
 
 
 def receive_request(topic: str, group: str) -> bytes:
@@ -428,6 +479,44 @@ async def send_load(
     return Outcome(sent, (last_done - started) / 1e9, latencies)
 
 
+async def send_stream_load(
+    client: RawClient, requests: Sequence[bytes], batch: int, senders: int, seconds: float
+) -> Outcome:
+    """``senders`` loops, each on a SendStream of its own, one request in flight at a time."""
+    latencies: list[int] = []
+    sent = 0
+    turn = 0
+    started = time.perf_counter_ns()
+    deadline = started + int(seconds * 1e9)
+    last_done = started
+
+    async def sender() -> None:
+        nonlocal sent, turn, last_done
+        stream = client.send_stream_call(metadata=client.metadata)
+        request_id = 0
+        while time.perf_counter_ns() < deadline:
+            request = requests[turn % len(requests)]
+            turn += 1
+            request_id += 1
+            before = time.perf_counter_ns()
+            await stream.write(streamed(request_id, request))
+            answer = await stream.read()
+            assert isinstance(answer, extensions_pb2.StreamedSendResponse)
+            if answer.request_id != request_id:
+                raise RuntimeError(f"answer to request {answer.request_id}, expected {request_id}")
+            check_sent(answer.response, batch)
+            last_done = time.perf_counter_ns()
+            latencies.append(last_done - before)
+            sent += batch
+        await stream.done_writing()
+        if await stream.read() is not grpc.aio.EOF:
+            raise RuntimeError("SendStream answered more than was asked")
+
+    await asyncio.gather(*(sender() for _ in range(senders)))
+    latencies.sort()
+    return Outcome(sent, (last_done - started) / 1e9, latencies)
+
+
 async def fill(client: RawClient, topic: str, messages: int, body: bytes) -> tuple[int, float]:
     """Store ``messages`` (rounded down to whole batches of 256, 4 in flight) in ``topic``.
 
@@ -447,8 +536,10 @@ async def fill(client: RawClient, topic: str, messages: int, body: bytes) -> tup
     return stored, stored / (time.perf_counter() - started)
 
 
-async def consume_load(client: RawClient, topic: str, group: str, messages: int, consumers: int) -> Outcome:
-    """Drain ``messages`` with ``consumers`` loops of ReceiveMessage + AckMessage."""
+async def consume_load(
+    client: RawClient, topic: str, group: str, messages: int, consumers: int, batch_receive: bool = False
+) -> Outcome:
+    """Drain ``messages`` with ``consumers`` loops of ReceiveMessage (or ReceiveBatch) + AckMessage."""
     request = receive_request(topic, group)
     group_resource = definition_pb2.Resource(name=group)
     topic_resource = definition_pb2.Resource(name=topic)
@@ -464,7 +555,7 @@ async def consume_load(client: RawClient, topic: str, group: str, messages: int,
         nonlocal acked, empty_polls, last_done
         while acked < messages:
             before = time.perf_counter_ns()
-            received = await client.receive(request)
+            received = await (client.receive_batch(request) if batch_receive else client.receive(request))
             if not received:
                 empty_polls += 1
                 if empty_polls > 10 * consumers:
@@ -542,6 +633,7 @@ class Plan:
 SEND_ROWS: dict[str, tuple[int, int]] = {  # name -> (messages per call, calls in flight)
     "send_single_1": (1, 1),
     "send_single_16": (1, 16),
+    "send_stream_16": (1, 16),
     "send_batched_64": (64, 8),
     "send_batched_256": (256, 4),
 }
@@ -564,22 +656,27 @@ async def run_rows(
             await client.send(requests[0])  # creates the topic: not part of the row
             progress(f"{name}: {senders} x {batch} per call for {plan.send_seconds:g} s")
             profiler = Profiler(profile_dir if name in PROFILED_ROWS else None, broker.pid, name)
+            load = send_stream_load if name.startswith("send_stream") else send_load
             with profiler, Measure(resources) as measure:
-                outcome = await send_load(client, requests, batch, senders, plan.send_seconds)
+                outcome = await load(client, requests, batch, senders, plan.send_seconds)
             emit(row(name, outcome, measure, ceiling_per_s, {"senders": senders, "batch": batch}))
             emit_profile(profiler)
-        if "consume_ack" in only:
-            topic, group = f"bench-consume-{run}", f"bench-group-{run}"
-            progress(f"consume_ack: storing a backlog of {plan.backlog} messages")
+        for name in ("consume_ack", "consume_ack_batch"):
+            if name not in only:
+                continue
+            topic, group = f"bench-{name}-{run}", f"bench-group-{name}-{run}"
+            progress(f"{name}: storing a backlog of {plan.backlog} messages")
             backlog, fill_rate = await fill(client, topic, plan.backlog, body)
-            progress(f"consume_ack: draining it with {plan.consumers} consumers")
-            profiler = Profiler(profile_dir, broker.pid, "consume_ack")
+            progress(f"{name}: draining it with {plan.consumers} consumers")
+            profiler = Profiler(profile_dir if name in PROFILED_ROWS else None, broker.pid, name)
             with profiler, Measure(resources) as measure:
-                outcome = await consume_load(client, topic, group, backlog, plan.consumers)
+                outcome = await consume_load(
+                    client, topic, group, backlog, plan.consumers, batch_receive=name == "consume_ack_batch"
+                )
             outcome.extra["fill_msgs_per_s"] = round(fill_rate)
             emit(
                 row(
-                    "consume_ack",
+                    name,
                     outcome,
                     measure,
                     ceiling_per_s,

@@ -5,13 +5,16 @@ messages per second, p50 latency and the client process's CPU time per message::
 
     .venv/bin/python bench/client_profile.py pipelined --seconds 5
     .venv/bin/python bench/client_profile.py single --seconds 3
+    .venv/bin/python bench/client_profile.py concurrent --seconds 3    # 16 producers, a send each at a time
     .venv/bin/python bench/client_profile.py consume --count 20000
     .venv/bin/py-spy record -o out.svg -- .venv/bin/python bench/client_profile.py pipelined
     .venv/bin/python bench/client_profile.py pipelined --cprofile     # cProfile of the window
 
 Modes: ``pipelined`` (``--callers`` concurrent ``send`` loops on one producer), ``single`` (one
-sequential sender), ``consume`` (fill ``--count`` messages, then 4 receivers of 128 messages
-with ``AsyncSimpleConsumer``; ``--ack one`` acks each message alone, ``--ack many`` batches).
+sequential sender), ``concurrent`` (``--producers`` producers, each one sequential sender: the
+"16 synchronous producers" of bench/peers.py), ``consume`` (fill ``--count`` messages, then 4
+receivers of 128 messages with ``AsyncSimpleConsumer``; ``--ack one`` acks each message alone,
+``--ack many`` batches).
 """
 
 from __future__ import annotations
@@ -80,6 +83,36 @@ async def single(endpoint: str, seconds: float, profile: cProfile.Profile | None
             profile.disable()
         cpu1, wall1 = time.process_time(), time.perf_counter()
         report("single", len(latencies), wall1 - wall0, cpu1 - cpu0, latencies)
+
+
+async def concurrent(endpoint: str, seconds: float, producers: int, profile: cProfile.Profile | None) -> None:
+    topic = "profile-concurrent"
+    clients = [AsyncProducer(endpoint, topics=[topic]) for _ in range(producers)]
+    try:
+        for producer in clients:
+            await producer.start()
+            for _ in range(20):
+                await producer.send(Message(topic, BODY))
+        latencies: list[float] = []
+        deadline = time.perf_counter() + seconds
+
+        async def sender(producer: AsyncProducer) -> None:
+            while time.perf_counter() < deadline:
+                started = time.perf_counter()
+                await producer.send(Message(topic, BODY))
+                latencies.append(time.perf_counter() - started)
+
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        if profile is not None:
+            profile.enable()
+        await asyncio.gather(*(sender(producer) for producer in clients))
+        if profile is not None:
+            profile.disable()
+        cpu1, wall1 = time.process_time(), time.perf_counter()
+        report(f"concurrent ({producers} producers)", len(latencies), wall1 - wall0, cpu1 - cpu0, latencies)
+    finally:
+        for producer in clients:
+            await producer.close()
 
 
 async def raw_single(endpoint: str, seconds: float) -> None:
@@ -171,15 +204,19 @@ def report(mode: str, count: int, wall: float, cpu: float, latencies: list[float
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("mode", choices=["pipelined", "single", "raw-single", "consume"])
+    parser.add_argument("mode", choices=["pipelined", "single", "concurrent", "raw-single", "consume"])
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--callers", type=int, default=1024)
+    parser.add_argument("--producers", type=int, default=16)
     parser.add_argument("--count", type=int, default=20_000)
     parser.add_argument("--ack", choices=["one", "many"], default="one")
     parser.add_argument("--cprofile", action="store_true", help="print a cProfile of the window")
+    parser.add_argument("--sort", default="tottime", help="cProfile order (tottime, ncalls, cumtime...)")
     parser.add_argument("--endpoint", help="use a running broker instead of starting one")
     args = parser.parse_args()
-    profile = cProfile.Profile() if args.cprofile else None
+    # Timed by this thread's CPU time, not the wall clock: on a shared machine, time the thread
+    # spends descheduled or waiting for the interpreter lock would otherwise land on whatever ran.
+    profile = cProfile.Profile(time.thread_time) if args.cprofile else None
     with tempfile.TemporaryDirectory(dir="/var/tmp", prefix="homing-client-profile-") as directory:
         broker = None
         endpoint = args.endpoint
@@ -193,13 +230,15 @@ def main() -> None:
                 asyncio.run(raw_single(endpoint, args.seconds))
             elif args.mode == "single":
                 asyncio.run(single(endpoint, args.seconds, profile))
+            elif args.mode == "concurrent":
+                asyncio.run(concurrent(endpoint, args.seconds, args.producers, profile))
             else:
                 asyncio.run(consume(endpoint, args.count, args.ack, profile))
         finally:
             if broker is not None:
                 broker.stop()
     if profile is not None:
-        pstats.Stats(profile, stream=sys.stdout).sort_stats("tottime").print_stats(30)
+        pstats.Stats(profile, stream=sys.stdout).sort_stats(args.sort).print_stats(30)
 
 
 if __name__ == "__main__":

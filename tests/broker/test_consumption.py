@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from homing.testing.in_process import FIFO, BrokerHarness, run
 
 from homing.broker.errors import BrokerError
 from homing.broker.filters import compile_filter
 from homing.broker.metadata import GroupConfig
 from homing.broker.model import Delivery
 from homing.store import QueueRead
+from homing.testing.in_process import FIFO, BrokerHarness, run
 
 
 def test_send_receive_ack_and_nothing_is_redelivered() -> None:
@@ -303,6 +303,37 @@ def test_redeliveries_are_read_in_runs_oldest_first_within_the_budget() -> None:
             await broker.ack("g", "orders", delivery.receipt_handle)
         harness.clock.advance(3600)
         assert await harness.receive() == []
+        await harness.stop()
+
+    run(scenario)
+
+
+def test_a_byte_limit_ends_a_receive_at_the_message_that_reaches_it_and_holds_nothing_back() -> None:
+    async def scenario() -> None:
+        harness = BrokerHarness()
+        broker = await harness.start()
+        sent = [harness.message(body=bytes([n]) * 1000) for n in range(10)]
+        await harness.send(*sent)
+        assert harness.store is not None
+        harness.store.dispatch_now()
+
+        async def receive(max_bytes: int | None) -> list[Delivery]:
+            return await broker.receive(
+                group="g", topic="orders", message_filter=compile_filter("TAG", "*"), max_messages=32,
+                invisible_s=10, client_id="c", long_poll_timeout_s=0, max_bytes=max_bytes,
+            )  # fmt: skip
+
+        first = await receive(2500)
+        assert len(first) == 3  # 1000 + 1000 + 1000 reaches 2500: the third is the last
+        alone = await receive(1)
+        assert len(alone) == 1  # one message always goes, whatever its size
+        rest = await receive(None)
+        assert len(rest) == 6
+        got = [d.message.message_id for d in first + alone + rest]
+        assert sorted(got) == sorted(m.message_id for m in sent)  # nothing skipped, nothing twice
+        harness.clock.advance(11)  # all visible again: redeliveries obey the limit too
+        again = await receive(1500)
+        assert [d.delivery_attempt for d in again] == [2, 2]
         await harness.stop()
 
     run(scenario)

@@ -1,18 +1,19 @@
-"""wait_durable: the bridge from the store's flusher thread to asyncio waiters."""
+"""wait_durable: the bridge from the store's flusher thread to asyncio waiters; append_durably: the
+appends of one loop pass written and awaited together."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 import pytest
 
-from homing.broker.durable import wait_durable
+from homing.broker.durable import DurableAppend, append_durably, wait_durable
 from homing.broker.errors import BrokerError
-from homing.store import MessageStore, StoreFencedError
+from homing.store import MessageStore, NewRecord, SimulatedDisk, StoreConfig, StoreFencedError
 from homing.store.group_commit import DurabilityCallback
 
 
@@ -121,3 +122,122 @@ async def test_a_cancelled_waiter_then_flushed_breaks_nothing() -> None:
         await cancelled
     fake.release()
     await asyncio.wait_for(other, 5)
+
+
+# ---------------------------------------------------------------------------------- append_durably
+
+
+def _new_record(body: bytes = b"x", topic: str = "orders") -> NewRecord:
+    return NewRecord(topic=topic, queue_id=0, body=body, message_id="01" + body.hex()[:30])
+
+
+def _real_store(directory: str, **config: Any) -> MessageStore:
+    config.setdefault("segment_size_bytes", 256 * 1024)
+    store = MessageStore(StoreConfig(data_dir=directory, flush_mode="sync", **config), SimulatedDisk(seed=7))
+    store.open()
+    return store
+
+
+class _CountingStore:
+    """A real store, counting its appends and durability callbacks."""
+
+    def __init__(self, store: MessageStore) -> None:
+        self.store = store
+        self.appends: list[int] = []
+        self.callbacks = 0
+        original_append, original_callback = store.append, store.add_durability_callback
+
+        def append(records: Sequence[NewRecord]) -> Any:
+            self.appends.append(len(records))
+            return original_append(records)
+
+        def add_durability_callback(end_offset: int, callback: DurabilityCallback) -> None:
+            self.callbacks += 1
+            original_callback(end_offset, callback)
+
+        store.append = append  # type: ignore[method-assign]
+        store.add_durability_callback = add_durability_callback  # type: ignore[method-assign]
+
+
+@_run
+async def test_appends_of_one_loop_pass_share_one_store_append_and_one_durability_wait() -> None:
+    store = _real_store("/data")
+    counting = _CountingStore(store)
+    try:
+        results = await asyncio.gather(
+            *(append_durably(store, [_new_record(bytes([n]) * n) for n in range(1, k + 2)]) for k in range(5))
+        )
+        assert counting.appends == [15]  # 1 + 2 + 3 + 4 + 5 records, in one append
+        assert counting.callbacks == 1
+        # Each call gets its own records, in order, at consecutive queue offsets in call order.
+        offsets = [[record.queue_offset for record in result.records] for result in results]
+        assert offsets == [[0], [1, 2], [3, 4, 5], [6, 7, 8, 9], [10, 11, 12, 13, 14]]
+        assert all(store.flushed_offset >= result.end_offset for result in results)
+        # A later pass is a new append.
+        await append_durably(store, [_new_record(b"later")])
+        assert counting.appends == [15, 1]
+    finally:
+        store.close()
+
+
+@_run
+async def test_an_invalid_call_fails_alone_and_the_others_of_its_pass_are_stored() -> None:
+    store = _real_store("/data")
+    counting = _CountingStore(store)
+    try:
+        too_big = [_new_record(b"y" * (512 * 1024))]  # does not fit in a segment
+        outcomes = await asyncio.gather(
+            append_durably(store, [_new_record(b"a")]),
+            append_durably(store, too_big),
+            append_durably(store, [_new_record(b"b"), _new_record(b"c")]),
+            return_exceptions=True,
+        )
+        assert isinstance(outcomes[1], BrokerError) and outcomes[1].code == "BAD_REQUEST"
+        good = [outcome for outcome in outcomes if isinstance(outcome, DurableAppend)]
+        assert [[record.queue_offset for record in result.records] for result in good] == [[0], [1, 2]]
+        assert counting.appends == [4, 1, 1, 2]  # together, refused; then each call alone
+        store.dispatch_now()
+        assert [record.body for record in store.read_queue("orders", 0, 0, 10).records] == [b"a", b"b", b"c"]
+    finally:
+        store.close()
+
+
+@_run
+async def test_a_pass_larger_than_a_store_batch_is_split_between_calls() -> None:
+    store = _real_store("/data", max_batch_records=4)
+    counting = _CountingStore(store)
+    try:
+        await asyncio.gather(*(append_durably(store, [_new_record(bytes([n]) * 3)] * 3) for n in range(3)))
+        assert counting.appends == [3, 3, 3]  # never more than 4 records in one append, calls kept whole
+    finally:
+        store.close()
+
+
+@_run
+async def test_a_closed_store_refuses_every_call_of_the_pass() -> None:
+    store = _real_store("/data")
+    store.close()
+    outcomes = await asyncio.gather(
+        append_durably(store, [_new_record(b"a")]),
+        append_durably(store, [_new_record(b"b")]),
+        return_exceptions=True,
+    )
+    assert [outcome.code for outcome in outcomes if isinstance(outcome, BrokerError)] == [
+        "INTERNAL_SERVER_ERROR",
+        "INTERNAL_SERVER_ERROR",
+    ]
+
+
+@_run
+async def test_a_pass_not_durable_in_time_is_a_persistence_timeout_for_each_call() -> None:
+    store = _real_store("/data", flush_timeout_s=0.05)
+    store.add_durability_callback = lambda end_offset, callback: None  # type: ignore[method-assign]
+    try:
+        outcomes = await asyncio.gather(
+            append_durably(store, [_new_record(b"a")]),
+            append_durably(store, [_new_record(b"b")]),
+            return_exceptions=True,
+        )
+        assert [getattr(outcome, "code", None) for outcome in outcomes] == ["MASTER_PERSISTENCE_TIMEOUT"] * 2
+    finally:
+        store.close()

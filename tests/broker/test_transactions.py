@@ -859,7 +859,8 @@ def test_the_progress_point_never_passes_a_prepare_still_in_flight() -> None:
         store.add_durability_callback = hold_the_first  # type: ignore[method-assign]
         first = harness.message()
         first_task = asyncio.create_task(service.prepare(first))
-        await asyncio.sleep(0)  # appended at offset 0, now waiting
+        while not held:  # appended at offset 0 (at the end of a loop pass), now waiting
+            await asyncio.sleep(0)
         second, second_id = await harness.prepare()  # offset 1, done first
         assert service.progress() == (0, 0)
         assert service.save_progress()

@@ -5,6 +5,10 @@ per-entry send results, long-polling receive, invisibility, ack, FIFO blocking, 
 check-backs) and records every call, so tests can assert on exactly what reached the wire. Faults
 are injected on purpose: statuses for the next sends, a delay before answering, no settings reply.
 It is deliberately small: it keeps no durable state and is not a model of the broker's storage.
+
+With ``extensions=True`` it also serves Homing's ``homing.v1.Extensions`` (:class:`FakeExtensions`,
+built on the same fake calls), with faults of its own: send streams broken before they answer.
+Without, a client sees what an Apache RocketMQ broker answers: UNIMPLEMENTED.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import grpc
 import grpc.aio
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from homing.protocol import definition_pb2, service_pb2, service_pb2_grpc
+from homing.protocol import definition_pb2, extensions_pb2, extensions_pb2_grpc, service_pb2, service_pb2_grpc
 
 Code = definition_pb2.Code
 
@@ -73,6 +77,7 @@ class FakeBroker(service_pb2_grpc.MessagingServiceServicer):
         long_polling_timeout_s: float = 0.5,
         max_delivery_attempts: int = 16,
         known_topics: frozenset[str] | None = None,
+        extensions: bool = False,
     ) -> None:
         self.queues_per_topic = queues_per_topic
         self.fifo_groups = fifo_groups
@@ -95,6 +100,7 @@ class FakeBroker(service_pb2_grpc.MessagingServiceServicer):
         self.long_polling_timeout_s = long_polling_timeout_s
         self.max_delivery_attempts = max_delivery_attempts
         self.known_topics = known_topics
+        self.extensions = FakeExtensions(self) if extensions else None
         self.answer_settings = True
         self.apache_batches = False  # answer a multi-message send with one comma-joined entry
         self.send_failures: list[int] = []  # codes for the next SendMessage calls (whole call)
@@ -132,6 +138,8 @@ class FakeBroker(service_pb2_grpc.MessagingServiceServicer):
     async def start(self) -> str:
         self._server = grpc.aio.server()
         service_pb2_grpc.add_MessagingServiceServicer_to_server(self, self._server)
+        if self.extensions is not None:
+            extensions_pb2_grpc.add_ExtensionsServicer_to_server(self.extensions, self._server)
         self.port = self._server.add_insecure_port("127.0.0.1:0")
         await self._server.start()
         return self.endpoint
@@ -578,3 +586,40 @@ class FakeBroker(service_pb2_grpc.MessagingServiceServicer):
 
     async def SyncLiteSubscription(self, request: Any, context: Any) -> Any:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in the fake")
+
+
+class FakeExtensions(extensions_pb2_grpc.ExtensionsServicer):
+    """``homing.v1.Extensions`` over the fake's own SendMessage and ReceiveMessage."""
+
+    def __init__(self, broker: FakeBroker) -> None:
+        self.broker = broker
+        self.streams_to_break = 0  # the next send streams fail (UNAVAILABLE) after reading a request
+        self.streams_opened = 0
+
+    async def ReceiveBatch(
+        self, request: service_pb2.ReceiveMessageRequest, context: Any
+    ) -> extensions_pb2.ReceiveBatchResponse:
+        self.broker._record("ReceiveBatch", context)
+        response = extensions_pb2.ReceiveBatchResponse()
+        async for frame in self.broker.ReceiveMessage(request, context):
+            content = frame.WhichOneof("content")
+            if content == "status":
+                response.status.CopyFrom(frame.status)
+            elif content == "message":
+                response.messages.append(frame.message)
+            elif content == "delivery_timestamp":
+                response.delivery_timestamp.CopyFrom(frame.delivery_timestamp)
+        return response
+
+    async def SendStream(
+        self, request_iterator: AsyncIterator[extensions_pb2.StreamedSendRequest], context: Any
+    ) -> AsyncIterator[extensions_pb2.StreamedSendResponse]:
+        self.broker._record("SendStream", context)
+        self.streams_opened += 1
+        await context.send_initial_metadata(())
+        async for item in request_iterator:
+            if self.streams_to_break:
+                self.streams_to_break -= 1
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "broken on purpose")
+            response = await self.broker.SendMessage(item.request, context)
+            yield extensions_pb2.StreamedSendResponse(request_id=item.request_id, response=response)

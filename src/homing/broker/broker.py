@@ -136,6 +136,10 @@ class Broker:
         self._timer_task: asyncio.Task[None] | None = None
         self._round_robin = itertools.count()
         self._arrivals: asyncio.Event | None = None
+        # Receives in progress (long polls): only they need waking when messages arrive. Read by
+        # the store's dispatcher thread without a lock (an int, under the GIL): a receive counts
+        # itself before it looks for messages, so a dispatch it did not see is one that wakes it.
+        self._long_polls = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._chores: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
@@ -167,13 +171,14 @@ class Broker:
         self.transactions.close()
 
     def _on_dispatch(self) -> None:
-        # Runs on the store's dispatcher thread: hand over to the loop.
+        # Runs on the store's dispatcher thread: hand over to the loop, if anyone is waiting (a
+        # loop wake-up per dispatch costs a self-pipe write and a pass of the loop).
         loop = self._loop
-        if loop is not None and not loop.is_closed():
+        if self._long_polls and loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self._wake_receivers)
 
     def _wake_receivers(self) -> None:
-        if self._arrivals is not None:
+        if self._long_polls and self._arrivals is not None:
             self._arrivals.set()
             self._arrivals = asyncio.Event()
 
@@ -201,18 +206,18 @@ class Broker:
         """Store messages in their topics now (all or nothing); return once durable."""
         if not messages:
             return []
-        records = []
-        for message in messages:
-            topic = self.metadata.topic(message.topic, create=True)
-            records.append(to_record(message, queue_id=self._queue_for(message, topic)))
+        return await self._store_durably(
+            [(message, self.metadata.topic(message.topic, create=True)) for message in messages]
+        )
+
+    async def _store_durably(self, messages: Sequence[tuple[Message, TopicConfig]]) -> list[SendReceipt]:
+        records = [
+            to_record(message, queue_id=self._queue_for(message, topic)) for message, topic in messages
+        ]
         result = await append_durably(self.store, records)
         return [
-            SendReceipt(
-                message.message_id,
-                record.queue_id,
-                appended.queue_offset,
-            )
-            for message, record, appended in zip(messages, records, result.records, strict=True)
+            SendReceipt(message.message_id, record.queue_id, appended.queue_offset)
+            for (message, _), record, appended in zip(messages, records, result.records, strict=True)
         ]
 
     async def send(self, messages: Sequence[Message]) -> list[SendReceipt | BrokerError]:
@@ -220,34 +225,29 @@ class Broker:
         if len(messages) > MAX_SEND_BATCH:
             raise BrokerError("BAD_REQUEST", f"at most {MAX_SEND_BATCH} messages per send")
         now = self.clock.now_ms()
-        outcomes: list[SendReceipt | BrokerError | None] = []
-        ready: list[tuple[int, Message]] = []
+        outcomes: list[SendReceipt | BrokerError | None] = [None] * len(messages)
+        immediate: list[tuple[Message, TopicConfig]] = []  # NORMAL and FIFO: stored now, together
+        immediate_at: list[int] = []
+        special: list[tuple[int, Message]] = []  # DELAY and TRANSACTION: each its own way
         for index, message in enumerate(messages):
             try:
                 topic = self.topic_for_send(message.topic)
                 validate_message(message, topic, self.limits, now)
             except BrokerError as error:
-                outcomes.append(error)
+                outcomes[index] = error
                 continue
-            outcomes.append(None)
-            ready.append((index, message))
-        immediate = [
-            (index, message)
-            for index, message in ready
-            if message.message_type in (MessageType.NORMAL, MessageType.FIFO)
-        ]
-        special = [
-            (index, message)
-            for index, message in ready
-            if message.message_type not in (MessageType.NORMAL, MessageType.FIFO)
-        ]
+            if message.message_type is MessageType.NORMAL or message.message_type is MessageType.FIFO:
+                immediate.append((message, topic))
+                immediate_at.append(index)
+            else:
+                special.append((index, message))
         if immediate:
             try:
-                receipts = await self.publish([message for _, message in immediate])
-                for (index, _), receipt in zip(immediate, receipts, strict=True):
+                receipts = await self._store_durably(immediate)
+                for index, receipt in zip(immediate_at, receipts, strict=True):
                     outcomes[index] = receipt
             except BrokerError as error:
-                for index, _ in immediate:
+                for index in immediate_at:
                     outcomes[index] = error
 
         async def send_special(message: Message) -> SendReceipt | BrokerError:
@@ -299,29 +299,38 @@ class Broker:
         client_id: str,
         long_poll_timeout_s: float,
         attempt_id: str = "",
+        max_bytes: int | None = None,
     ) -> list[Delivery]:
-        """Deliveries, waiting up to ``long_poll_timeout_s`` for some to become available."""
+        """Deliveries, waiting up to ``long_poll_timeout_s`` for some to become available.
+
+        ``max_bytes`` bounds the bodies of one answer (see :meth:`ConsumptionService.receive`).
+        """
         deadline = self.clock.monotonic_s() + max(long_poll_timeout_s, 0.0)
-        while True:
-            waiter = self._arrivals
-            deliveries = await self.consumption.receive(
-                group_name=group,
-                topic=topic,
-                message_filter=message_filter,
-                max_messages=max_messages,
-                invisible_s=invisible_s,
-                client_id=client_id,
-                attempt_id=attempt_id,
-            )
-            remaining = deadline - self.clock.monotonic_s()
-            if deliveries or remaining <= 0 or waiter is None:
-                return deliveries
-            wait_s = min(remaining, 1.0)  # re-check at least every second: expiry timers
-            next_visible = self.consumption.next_visible_ms(group, topic)
-            if next_visible is not None:
-                wait_s = min(wait_s, max((next_visible - self.clock.now_ms()) / 1000, 0.01))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(waiter.wait(), wait_s)
+        self._long_polls += 1
+        try:
+            while True:
+                waiter = self._arrivals
+                deliveries = await self.consumption.receive(
+                    group_name=group,
+                    topic=topic,
+                    message_filter=message_filter,
+                    max_messages=max_messages,
+                    invisible_s=invisible_s,
+                    client_id=client_id,
+                    attempt_id=attempt_id,
+                    max_bytes=max_bytes,
+                )
+                remaining = deadline - self.clock.monotonic_s()
+                if deliveries or remaining <= 0 or waiter is None:
+                    return deliveries
+                wait_s = min(remaining, 1.0)  # re-check at least every second: expiry timers
+                next_visible = self.consumption.next_visible_ms(group, topic)
+                if next_visible is not None:
+                    wait_s = min(wait_s, max((next_visible - self.clock.now_ms()) / 1000, 0.01))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(waiter.wait(), wait_s)
+        finally:
+            self._long_polls -= 1
 
     async def ack(self, group: str, topic: str, receipt_handle: str) -> None:
         await self.consumption.ack(group, topic, receipt_handle)

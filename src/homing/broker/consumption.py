@@ -232,8 +232,13 @@ class ConsumptionService:
         invisible_s: float | None,
         client_id: str,
         attempt_id: str = "",
+        max_bytes: int | None = None,
     ) -> list[Delivery]:
-        """Pop up to ``max_messages`` deliveries now (no waiting; long polling is the caller's)."""
+        """Pop up to ``max_messages`` deliveries now (no waiting; long polling is the caller's).
+
+        ``max_bytes``: stop once the bodies popped add up to this much (the first message is
+        always taken, whatever its size), so that the answer fits in one response.
+        """
         if not 1 <= max_messages <= MAX_RECEIVE_BATCH:
             raise BrokerError("BAD_REQUEST", f"batch size must be 1-{MAX_RECEIVE_BATCH}")
         push = invisible_s is None
@@ -259,13 +264,14 @@ class ConsumptionService:
         if not group.fifo:  # spread load: start where the previous receive stopped
             start = hash((group_name, topic, now)) % len(queue_ids)
             queue_ids = queue_ids[start:] + queue_ids[:start]
+        bytes_left = max_bytes if max_bytes is not None else -1  # -1: no limit
         for queue_id in queue_ids:
-            if len(deliveries) >= max_messages:
+            if len(deliveries) >= max_messages or bytes_left == 0:
                 break
             cursor = self._cursor(group, topic, queue_id, events)
-            self._pop_queue(
+            bytes_left = self._pop_queue(
                 group, topic, queue_id, cursor, message_filter, max_messages - len(deliveries),
-                now, visible_at, client_id, push, events, deliveries, dead,
+                bytes_left, now, visible_at, client_id, push, events, deliveries, dead,
             )  # fmt: skip
         await self._commit(events)
         for cursor, offset, record, delivery in dead:
@@ -293,6 +299,7 @@ class ConsumptionService:
         cursor: QueueCursor,
         message_filter: CompiledFilter,
         budget: int,
+        bytes_left: int,
         now: int,
         visible_at: int,
         client_id: str,
@@ -300,7 +307,8 @@ class ConsumptionService:
         events: list[Event],
         deliveries: list[Delivery],
         dead: list[tuple[QueueCursor, int, StoredRecord, InFlight]],
-    ) -> None:
+    ) -> int:
+        """Pop from one queue into ``deliveries``; returns the bytes left (``bytes_left`` -1: no limit)."""
         key_prefix = (group.name, topic, queue_id)
         low, high = self._store.queue_bounds(topic, queue_id)
         if low > cursor.committed:
@@ -308,7 +316,7 @@ class ConsumptionService:
             # disk-pressure override, or for a group created after they expired): nothing to wait for.
             self._apply({"k": "skipto", "g": group.name, "t": topic, "q": queue_id, "o": low}, events)
         if group.fifo and any(item.visible_at_ms > now for item in cursor.inflight.values()):
-            return  # a FIFO queue is blocked while a delivery of it is invisible
+            return bytes_left  # a FIFO queue is blocked while a delivery of it is invisible
         delivered: list[list[int]] = []
         skipped: list[int] = []
         # 1. Redeliveries, oldest offset first. Runs of consecutive offsets are read with one
@@ -327,6 +335,8 @@ class ConsumptionService:
                 end += 1
             records = self._read_run(topic, queue_id, due[index], due[end - 1] + 1)
             for offset in due[index:end]:
+                if len(delivered) >= budget:
+                    break  # the byte limit was reached
                 delivery = cursor.inflight[offset]
                 record = records.get(offset)
                 if record is None:
@@ -338,6 +348,10 @@ class ConsumptionService:
                     continue
                 delivered.append([offset, delivery.attempt + 1])
                 deliveries.append(self._delivery(group.name, record, delivery.attempt + 1, now, visible_at))
+                if bytes_left >= 0:
+                    bytes_left = max(bytes_left - len(record.body), 0)
+                    if bytes_left == 0:
+                        budget = len(delivered)  # nothing more this time
             index = end
         # 2. New messages.
         # A tag filter ignores the properties: skip building their view per record.
@@ -365,6 +379,10 @@ class ConsumptionService:
                 ):
                     delivered.append([fresh.queue_offset, 1])
                     deliveries.append(self._delivery(group.name, fresh, 1, now, visible_at))
+                    if bytes_left >= 0:
+                        bytes_left = max(bytes_left - len(fresh.body), 0)
+                        if bytes_left == 0:
+                            budget = len(delivered)  # nothing more this time
                 else:
                     skipped.append(fresh.queue_offset)
             if next_offset > position and len(delivered) < budget:
@@ -375,6 +393,7 @@ class ConsumptionService:
                 "v": visible_at, "at": now, "c": client_id, "p": push,
             }  # fmt: skip
             self._apply(event, events)
+        return bytes_left
 
     def _read_run(self, topic: str, queue_id: int, start: int, end: int) -> dict[int, StoredRecord]:
         """The records of queue offsets [start, end) by offset; those expired by retention are absent."""

@@ -49,6 +49,7 @@ REAL_TOPIC = SYSTEM_PREFIX + "topic"
 REAL_QUEUE = SYSTEM_PREFIX + "queue"
 
 _TYPE_MASK = 0xFF
+_TYPES = {int(kind): kind for kind in MessageType}
 
 
 def is_system_property(name: str) -> bool:
@@ -96,11 +97,11 @@ def system_properties(record: StoredRecord) -> dict[str, str]:
 def from_record(record: StoredRecord) -> Message:
     """The message a record holds; a message parked in a system topic gets its real topic back."""
     properties = record.properties
-    user = {name: value for name, value in properties.items() if not is_system_property(name)}
+    # Every delivery comes through here: the prefix test inline, the type by a dict lookup.
+    prefix = SYSTEM_PREFIX
+    user = {name: value for name, value in properties.items() if not name.startswith(prefix)}
     deliver_at = properties.get(DELIVER_AT)
-    type_bits = record.flags & _TYPE_MASK
-    known = type_bits in MessageType._value2member_map_
-    message_type = MessageType(type_bits) if known else MessageType.NORMAL
+    message_type = _TYPES.get(record.flags & _TYPE_MASK, MessageType.NORMAL)
     real_queue = properties.get(REAL_QUEUE)
     return Message(
         topic=properties.get(REAL_TOPIC, record.topic),

@@ -21,7 +21,13 @@ class MessageType(IntEnum):
     TRANSACTION = 4
 
 
-@dataclass(frozen=True, slots=True)
+# Message, SendReceipt and Delivery are made for every message sent and received: plain (not
+# frozen) dataclasses, because a frozen one's __init__ sets each field through object.__setattr__,
+# about 5 times the cost (4.5 µs against 0.8 µs for a Message). Treat them as immutable all the
+# same: make a changed copy with dataclasses.replace.
+
+
+@dataclass(slots=True)
 class Message:
     topic: str
     body: bytes
@@ -42,7 +48,7 @@ class Message:
     body_is_gzip: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SendReceipt:
     message_id: str
     queue_id: int
@@ -51,7 +57,7 @@ class SendReceipt:
     recall_handle: str = ""  # delayed messages only: what RecallMessage takes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Delivery:
     message: Message
     receipt_handle: str

@@ -143,17 +143,15 @@ class PopState:
         if kind == "pop":
             for offset in event.get("s", ()):
                 cursor.skip(int(offset))
-            for offset, attempt in event.get("d", ()):
-                cursor.mark_delivered(
-                    int(offset),
-                    InFlight(
-                        attempt=int(attempt),
-                        visible_at_ms=int(event["v"]),
-                        popped_at_ms=int(event["at"]),
-                        client_id=str(event.get("c", "")),
-                        push=bool(event.get("p", False)),
-                    ),
-                )
+            delivered = event.get("d", ())
+            if delivered:
+                # Per delivered offset, only its own InFlight: the event's fields are read once.
+                visible_at_ms, popped_at_ms = int(event["v"]), int(event["at"])
+                client_id, push = str(event.get("c", "")), bool(event.get("p", False))
+                for offset, attempt in delivered:
+                    cursor.mark_delivered(
+                        int(offset), InFlight(int(attempt), visible_at_ms, popped_at_ms, client_id, push)
+                    )
         elif kind == "done":
             for offset in event["o"]:
                 cursor.mark_done(int(offset))

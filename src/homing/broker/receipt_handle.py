@@ -21,7 +21,6 @@ Text form: ``v1.`` + base64url (no padding) of::
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hmac
 import struct
@@ -32,12 +31,16 @@ from homing.broker.errors import BrokerError
 __all__ = ["ReceiptHandle", "decode_handle", "encode_handle"]
 
 _PREFIX = "v1."
+# base64url by hand around binascii (what base64.urlsafe_b64encode/-decode do, minus their layers:
+# a handle is made for every delivery and read for every ack).
+_TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
+_FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
 _FIXED = struct.Struct(">iqiqq")
 _MAC_BYTES = 16
 MAX_HANDLE_LENGTH = 1024
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one is made per delivery and per ack (see model.py); never mutated
 class ReceiptHandle:
     topic: str
     queue_id: int
@@ -65,8 +68,8 @@ def encode_handle(secret: bytes, group: str, handle: ReceiptHandle) -> str:
             handle.invisible_until_ms,
         )
     )
-    token = base64.urlsafe_b64encode(payload + _mac(secret, group, payload)).rstrip(b"=")
-    return _PREFIX + token.decode()
+    token = binascii.b2a_base64(payload + _mac(secret, group, payload), newline=False)
+    return _PREFIX + token.translate(_TO_URLSAFE).rstrip(b"=").decode()
 
 
 def decode_handle(secret: bytes, group: str, text: str) -> ReceiptHandle:
@@ -79,12 +82,14 @@ def decode_handle(secret: bytes, group: str, text: str) -> ReceiptHandle:
         raise invalid("unknown format")
     token = text[len(_PREFIX) :]
     try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-    except (binascii.Error, ValueError) as error:
+        encoded = (token + "=" * (-len(token) % 4)).encode("ascii").translate(_FROM_URLSAFE)
+        raw = binascii.a2b_base64(encoded)
+    except (binascii.Error, ValueError) as error:  # UnicodeEncodeError is a ValueError
         raise invalid("not base64") from error
     # The decoder ignores stray characters and the unused low bits of the last one: accept only the
     # one spelling this broker writes, so that a handle is a single string (an altered copy is refused).
-    if base64.urlsafe_b64encode(raw).rstrip(b"=").decode() != token:
+    canonical = binascii.b2a_base64(raw, newline=False).translate(_TO_URLSAFE).rstrip(b"=")
+    if canonical != token.encode("ascii"):
         raise invalid("not in canonical form")
     if len(raw) < 2 + _FIXED.size + _MAC_BYTES:
         raise invalid("too short")

@@ -20,6 +20,7 @@ MAX_KEY_LENGTH = 1024
 MAX_GROUP_LENGTH = 1024
 MAX_PROPERTIES_BYTES = 16 * 1024
 _FORBIDDEN_TEXT = ("\x1e", "\x1f")  # separators of the record format
+_SEPARATOR_1, _SEPARATOR_2 = _FORBIDDEN_TEXT
 
 
 class MessageLimits:
@@ -29,7 +30,7 @@ class MessageLimits:
 
 
 def _bad_text(value: str) -> bool:
-    return any(character in value for character in _FORBIDDEN_TEXT)
+    return _SEPARATOR_1 in value or _SEPARATOR_2 in value  # every message goes through: no generator
 
 
 def validate_message(message: Message, topic: TopicConfig, limits: MessageLimits, now_ms: int) -> None:

@@ -273,10 +273,11 @@ def decode_message(
     ``strict=False`` never raises: the body is left as received (used to nack a corrupted message).
     """
     system = message.system_properties
+    has = system.HasField
     body = message.body
     if not strict:
         pass
-    elif system.HasField("body_digest") and not _checksum_matches(
+    elif has("body_digest") and not _checksum_matches(
         system.body_digest.type, system.body_digest.checksum, body
     ):
         raise CorruptedMessageError(
@@ -292,30 +293,31 @@ def decode_message(
             ) from None
         if len(body) > MAX_GUNZIPPED_BODY_BYTES:
             raise CorruptedMessageError(f"message {system.message_id}: gzipped body expands beyond the limit")
+    # Every received message comes through here: empty keys and properties skip the (slow)
+    # generic conversions, and each field is read once.
+    keys = system.keys
+    user_properties = message.user_properties
+    tag = system.tag if has("tag") else ""
+    message_group = system.message_group if has("message_group") else ""
+    trace_context = system.trace_context if has("trace_context") else ""
     return ReceivedMessage(
         topic=message.topic.name,
         body=body,
         message_id=system.message_id,
-        tag=system.tag if system.HasField("tag") and system.tag else None,
-        keys=tuple(system.keys),
-        properties=dict(message.user_properties),
-        message_group=system.message_group
-        if system.HasField("message_group") and system.message_group
-        else None,
+        tag=tag or None,
+        keys=tuple(keys) if keys else (),
+        properties=dict(user_properties) if user_properties else {},
+        message_group=message_group or None,
         message_type=_MESSAGE_TYPES_FROM_PROTO.get(system.message_type, MessageType.NORMAL),
-        delivery_attempt=system.delivery_attempt if system.HasField("delivery_attempt") else 1,
+        delivery_attempt=system.delivery_attempt if has("delivery_attempt") else 1,
         born_host=system.born_host,
-        born_timestamp_ms=_ms(system.born_timestamp) if system.HasField("born_timestamp") else None,
-        store_timestamp_ms=_ms(system.store_timestamp) if system.HasField("store_timestamp") else None,
-        deliver_timestamp_ms=_ms(system.delivery_timestamp)
-        if system.HasField("delivery_timestamp")
-        else None,
+        born_timestamp_ms=_ms(system.born_timestamp) if has("born_timestamp") else None,
+        store_timestamp_ms=_ms(system.store_timestamp) if has("store_timestamp") else None,
+        deliver_timestamp_ms=_ms(system.delivery_timestamp) if has("delivery_timestamp") else None,
         queue_id=system.queue_id,
-        queue_offset=system.queue_offset if system.HasField("queue_offset") else None,
-        trace_context=system.trace_context
-        if system.HasField("trace_context") and system.trace_context
-        else None,
-        receipt_handle=system.receipt_handle if system.HasField("receipt_handle") else "",
+        queue_offset=system.queue_offset if has("queue_offset") else None,
+        trace_context=trace_context or None,
+        receipt_handle=system.receipt_handle if has("receipt_handle") else "",
         endpoint=str(endpoint),
         transaction_id=transaction_id,
     )

@@ -333,7 +333,7 @@ class AsyncProducer:
             try:
                 if message_type is MessageType.NORMAL:
                     assert self._batcher is not None
-                    entry = await self._batcher.submit(message.topic, endpoints, proto)
+                    entry = await self._batcher.send(message.topic, endpoints, proto)
                 else:
                     entry = await self._send_alone(endpoints, proto)
                 return SendReceipt(
@@ -474,8 +474,8 @@ class AsyncProducer:
         self, endpoints: Endpoints, messages: Sequence[definition_pb2.Message]
     ) -> list[Outcome]:
         try:
-            response = await self._session.invoke(
-                self._session.stub(endpoints).SendMessage,
+            response = await self._session.send_message(
+                endpoints,
                 service_pb2.SendMessageRequest(messages=messages),
                 timeout_s=self._send_timeout_s,
                 what=f"SendMessage of {len(messages)} message(s) to {endpoints}",

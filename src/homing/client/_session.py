@@ -24,6 +24,11 @@ on close, so the broker stops renewing what this client held.
 Every call carries the RocketMQ headers (client id, language, protocol, version, request id, date,
 namespace, and an HMAC-SHA1 signature of the date when credentials are configured) and a deadline.
 gRPC failures are translated into :mod:`homing.client` errors here, at the boundary.
+
+Receives and sends go through Homing's protocol extensions where the broker serves them
+(:mod:`homing.client._extensions`): ``ReceiveBatch`` for :meth:`ClientSession.receive` and one
+``SendStream`` per endpoint for :meth:`ClientSession.send_message`; elsewhere through
+ReceiveMessage and SendMessage.
 """
 
 from __future__ import annotations
@@ -56,9 +61,10 @@ from homing.client._errors import (
     status_error,
     transport_error,
 )
+from homing.client._extensions import ExtensionSupport, SendStream, StreamUnsupportedError, is_unimplemented
 from homing.client._ids import make_client_id
 from homing.client._transport import GrpcTransport, Transport
-from homing.protocol import definition_pb2, service_pb2, service_pb2_grpc
+from homing.protocol import definition_pb2, extensions_pb2_grpc, service_pb2, service_pb2_grpc
 
 __all__ = ["ClientSession", "Route", "Timings"]
 
@@ -71,6 +77,7 @@ _T = TypeVar("_T")
 TELEMETRY_REOPEN_DELAY_S: Final = 1.0
 TERMINATION_TIMEOUT_S: Final = 2.0
 MAX_RECEIVE_FRAMES: Final = 4096
+MAX_STREAMED_SEND_BYTES: Final = 64 * 1024  # HTTP/2's initial window: such a write never waits for it
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,6 +306,8 @@ class ClientSession:
         self._metadata_second = -1
         self._metadata_index = 0
         self._metadata: list[tuple[str, str]] = []
+        self._extensions = ExtensionSupport()
+        self._send_streams: dict[str, SendStream] = {}
 
     # ------------------------------------------------------------------ plumbing
 
@@ -341,6 +350,18 @@ class ClientSession:
             self._transport = GrpcTransport.from_config(self.config)
         return self._transport.stub(endpoints)
 
+    def _extensions_stub(self, endpoints: Endpoints) -> extensions_pb2_grpc.ExtensionsAsyncStub | None:
+        """The stub of Homing's extensions at ``endpoints``; None where they are known not to be served."""
+        if not self._extensions.usable(endpoints.grpc_target):
+            return None
+        if self._transport is None:
+            self._transport = GrpcTransport.from_config(self.config)
+        make = getattr(self._transport, "extensions_stub", None)
+        if make is None:  # a transport of the application's that knows only the standard service
+            return None
+        stub: extensions_pb2_grpc.ExtensionsAsyncStub = make(endpoints)
+        return stub
+
     async def invoke(
         self,
         method: grpc.aio.UnaryUnaryMultiCallable[_Request, _Response],
@@ -357,10 +378,69 @@ class ClientSession:
         except grpc.aio.AioRpcError as error:
             raise transport_error(error.code(), error.details(), what) from None
 
+    async def send_message(
+        self, endpoints: Endpoints, request: service_pb2.SendMessageRequest, *, timeout_s: float, what: str
+    ) -> service_pb2.SendMessageResponse:
+        """SendMessage's answer: over the endpoint's SendStream where served, else a SendMessage call.
+
+        Only requests up to ``MAX_STREAMED_SEND_BYTES`` take the stream: it saves a call's fixed
+        cost, which a big batch hardly notices, and a big write would hold up the small ones behind
+        it on the one stream (measured: batches of 256 messages went 20 % faster as calls).
+        """
+        extensions = (
+            self._extensions_stub(endpoints) if request.ByteSize() <= MAX_STREAMED_SEND_BYTES else None
+        )
+        if extensions is not None:
+            target = endpoints.grpc_target
+            stream = self._send_streams.get(target)
+            if stream is None:
+                stream = self._send_streams[target] = SendStream(
+                    lambda: extensions.SendStream(metadata=self.metadata()), target
+                )
+            try:
+                return await stream.send(request, timeout_s=timeout_s, what=what)
+            except StreamUnsupportedError as refusal:  # nothing was sent: the standard call instead
+                if refusal.permanent:
+                    self._extensions.refused(target)
+                    self._send_streams.pop(target, None)
+        return await self.invoke(self.stub(endpoints).SendMessage, request, timeout_s=timeout_s, what=what)
+
     async def receive(
         self, endpoints: Endpoints, request: service_pb2.ReceiveMessageRequest, *, timeout_s: float
     ) -> list[definition_pb2.Message]:
-        """One ReceiveMessage long poll: the messages, or [] when there were none (MESSAGE_NOT_FOUND)."""
+        """One long poll: the messages, or [] when there were none (MESSAGE_NOT_FOUND).
+
+        ReceiveBatch where the broker serves it (one response), else ReceiveMessage (a stream).
+        """
+        extensions = self._extensions_stub(endpoints)
+        if extensions is not None:
+            what = f"ReceiveBatch from {endpoints}"
+            try:
+                response = await extensions.ReceiveBatch(request, timeout=timeout_s, metadata=self.metadata())
+            except grpc.aio.AioRpcError as error:
+                if not is_unimplemented(error):
+                    raise transport_error(error.code(), error.details(), what) from None
+                self._extensions.refused(endpoints.grpc_target)  # nothing was received: ask again
+            else:
+                status = response.status if response.HasField("status") else None
+                return self._received(status, response.messages, what)
+        return await self._receive_stream(endpoints, request, timeout_s=timeout_s)
+
+    @staticmethod
+    def _received(
+        status: definition_pb2.Status | None, messages: Iterable[definition_pb2.Message], what: str
+    ) -> list[definition_pb2.Message]:
+        if status is None:
+            raise ProtocolError(f"{what}: the answer carries no status")
+        if status.code == definition_pb2.MESSAGE_NOT_FOUND:
+            return []
+        if status.code != definition_pb2.OK:
+            raise status_error(status)
+        return list(messages)
+
+    async def _receive_stream(
+        self, endpoints: Endpoints, request: service_pb2.ReceiveMessageRequest, *, timeout_s: float
+    ) -> list[definition_pb2.Message]:
         what = f"ReceiveMessage from {endpoints}"
         status: definition_pb2.Status | None = None
         messages: list[definition_pb2.Message] = []
@@ -380,13 +460,7 @@ class ClientSession:
             raise transport_error(error.code(), error.details(), what) from None
         finally:
             call.cancel()
-        if status is None:
-            raise ProtocolError(f"{what}: the answer carries no status")
-        if status.code == definition_pb2.MESSAGE_NOT_FOUND:
-            return []
-        if status.code != definition_pb2.OK:
-            raise status_error(status)
-        return messages
+        return self._received(status, messages, what)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -422,6 +496,9 @@ class ClientSession:
         for session in list(self._sessions.values()):
             await session.close()
         self._sessions.clear()
+        streams = list(self._send_streams.values())
+        self._send_streams.clear()
+        await asyncio.gather(*(stream.close() for stream in streams), return_exceptions=True)
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()

@@ -3,7 +3,9 @@
 The clients never make channels themselves; they ask a :class:`Transport` for the stub of an
 endpoint. The default, :class:`GrpcTransport`, dials with grpc.aio (TLS when configured). Passing
 another transport lets an application route endpoints elsewhere (a local tunnel, an in-process
-test server) without touching the clients.
+test server) without touching the clients. A transport that also has ``extensions_stub`` (as
+:class:`GrpcTransport` does) lets the clients use Homing's protocol extensions where the broker
+serves them; without it they use only the standard RPCs.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import grpc
 import grpc.aio
 
 from homing.client._config import ClientConfig, Endpoints
-from homing.protocol import service_pb2_grpc
+from homing.protocol import extensions_pb2_grpc, service_pb2_grpc
 
 __all__ = ["GrpcTransport", "Transport"]
 
@@ -41,6 +43,7 @@ class GrpcTransport:
         self._root_certificates = root_certificates
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[str, service_pb2_grpc.MessagingServiceAsyncStub] = {}
+        self._extension_stubs: dict[str, extensions_pb2_grpc.ExtensionsAsyncStub] = {}
         self._closed = False
 
     @classmethod
@@ -56,6 +59,21 @@ class GrpcTransport:
         target = endpoints.grpc_target
         stub = self._stubs.get(target)
         if stub is None:
+            stub = self._stubs[target] = service_pb2_grpc.MessagingServiceStub(self._channel(target))
+        return stub
+
+    def extensions_stub(self, endpoints: Endpoints) -> extensions_pb2_grpc.ExtensionsAsyncStub:
+        """The stub of Homing's extensions (``homing.v1.Extensions``), on the endpoint's channel."""
+        assert not self._closed, "transport used after close"
+        target = endpoints.grpc_target
+        stub = self._extension_stubs.get(target)
+        if stub is None:
+            stub = self._extension_stubs[target] = extensions_pb2_grpc.ExtensionsStub(self._channel(target))
+        return stub
+
+    def _channel(self, target: str) -> grpc.aio.Channel:
+        channel = self._channels.get(target)
+        if channel is None:
             options = [
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -66,14 +84,13 @@ class GrpcTransport:
             else:
                 channel = grpc.aio.insecure_channel(target, options=options)
             self._channels[target] = channel
-            stub = service_pb2_grpc.MessagingServiceStub(channel)
-            self._stubs[target] = stub
-        return stub
+        return channel
 
     async def close(self) -> None:
         self._closed = True
         channels = list(self._channels.values())
         self._channels.clear()
         self._stubs.clear()
+        self._extension_stubs.clear()
         for channel in channels:
             await channel.close()

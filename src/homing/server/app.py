@@ -38,7 +38,7 @@ from homing.broker.transactions import CheckRequest
 from homing.clock import SystemClock
 from homing.config import Address, BrokerSettings
 from homing.errors import HomingError
-from homing.protocol import service_pb2_grpc
+from homing.protocol import extensions_pb2_grpc, service_pb2_grpc
 from homing.server.admin_http import AdminHttpServer
 from homing.server.auth import Authenticator, CredentialsError, load_credentials
 from homing.server.servicer import MessagingServicer
@@ -247,6 +247,7 @@ async def _serve_locked(
         authenticator=authenticator,
     )
     service_pb2_grpc.add_MessagingServiceServicer_to_server(servicer, server)
+    extensions_pb2_grpc.add_ExtensionsServicer_to_server(servicer, server)  # for Homing's own client
 
     async def check_back(request: CheckRequest) -> bool:
         asked = await servicer.telemetry.recover_orphaned_transaction(

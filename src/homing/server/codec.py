@@ -40,6 +40,7 @@ __all__ = [
     "endpoints_of",
     "message_type_from_wire",
     "message_types_to_wire",
+    "set_timestamp",
     "timestamp_ms",
     "to_duration",
     "to_timestamp",
@@ -219,11 +220,11 @@ def _fill_message(
     if message.tag is not None:
         system.tag = message.tag
     if message.born_timestamp_ms > 0:
-        _set_timestamp(system.born_timestamp, message.born_timestamp_ms)
+        set_timestamp(system.born_timestamp, message.born_timestamp_ms)
     if message.store_timestamp_ms > 0:
-        _set_timestamp(system.store_timestamp, message.store_timestamp_ms)
+        set_timestamp(system.store_timestamp, message.store_timestamp_ms)
     if message.delivery_timestamp_ms is not None:
-        _set_timestamp(system.delivery_timestamp, message.delivery_timestamp_ms)
+        set_timestamp(system.delivery_timestamp, message.delivery_timestamp_ms)
     if message.queue_offset >= 0:
         system.queue_offset = message.queue_offset
     if message.message_group is not None:
@@ -233,7 +234,7 @@ def _fill_message(
     return system
 
 
-def _set_timestamp(field: timestamp_pb2.Timestamp, milliseconds: int) -> None:
+def set_timestamp(field: timestamp_pb2.Timestamp, milliseconds: int) -> None:
     """``field.CopyFrom(to_timestamp(milliseconds))`` without the intermediate message."""
     seconds, remainder = divmod(milliseconds, 1000)
     field.SetInParent()

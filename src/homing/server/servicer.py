@@ -35,13 +35,20 @@ Decisions worth knowing:
   changes nothing: the broker checks back later.
 - Transaction check-backs go out through :attr:`MessagingServicer.telemetry`
   (:meth:`TelemetryRegistry.recover_orphaned_transaction`) to a producer of the topic.
+
+Homing's extensions (``homing.v1.Extensions``, served by the same object for Homing's own client;
+see docs/SERVER.md): ``ReceiveBatch`` is ReceiveMessage answered in one response (one gRPC write
+instead of one per message, and at most ``MAX_BATCH_RESPONSE_BYTES`` of bodies), ``SendStream``
+carries SendMessage calls over one long-lived stream (a stream message each way instead of a whole
+call: about half the gRPC work per message on both sides). Each runs exactly the code of the RPC it
+stands for.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Never, Protocol, TypeVar
 
@@ -52,11 +59,17 @@ from homing.broker.broker import Broker
 from homing.broker.errors import BrokerError
 from homing.broker.filters import CompiledFilter, FilterExpressionError, compile_filter
 from homing.broker.metadata import GroupConfig
-from homing.broker.model import Delivery, Message, SendReceipt
+from homing.broker.model import Delivery, Message
 from homing.broker.system_topics import is_dlq_topic
 from homing.clock import Clock
 from homing.config import Address
-from homing.protocol import definition_pb2, service_pb2, service_pb2_grpc
+from homing.protocol import (
+    definition_pb2,
+    extensions_pb2,
+    extensions_pb2_grpc,
+    service_pb2,
+    service_pb2_grpc,
+)
 from homing.server.auth import Authenticator
 from homing.server.codec import (
     decode_message,
@@ -64,6 +77,7 @@ from homing.server.codec import (
     encode_delivery,
     endpoints_of,
     message_types_to_wire,
+    set_timestamp,
     to_timestamp,
 )
 from homing.server.names import qualify, unqualify, validate_namespace
@@ -85,7 +99,11 @@ BROKER_ID = 0  # the official clients use only queues of broker id 0 (the master
 MAX_CLIENT_ID_CHARS = 256
 MAX_ENTRIES_PER_CALL = 1024
 MAX_RECEIVE_BATCH = 1024
+MAX_STREAM_IN_FLIGHT = 1024  # SendStream requests read and not yet answered; then reading waits
 LONG_POLL_MARGIN_S = 0.5  # answer this long before the client's deadline
+# Bodies in one ReceiveBatch answer, at most (the first message goes whatever its size): well
+# under the 130 MiB Homing's client accepts in one response.
+MAX_BATCH_RESPONSE_BYTES = 32 * 1024 * 1024
 INTERNAL_MESSAGE = "internal error in the broker (its log has the details)"
 
 _Request = TypeVar("_Request", bound=ProtobufMessage)
@@ -96,6 +114,32 @@ _Context = grpc.aio.ServicerContext[Any, Any]
 
 class _ResponseType(Protocol[_Response_co]):
     def __call__(self, *, status: definition_pb2.Status) -> _Response_co: ...
+
+
+_Handler = Callable[["MessagingServicer", _Request, "CallContext"], Awaitable[_Response]]
+_Rpc = Callable[["MessagingServicer", _Request, _Context], Coroutine[Any, Any, _Response]]
+
+
+def _unary_rpc(
+    response_type: _ResponseType[_Response],
+) -> Callable[[_Handler[_Request, _Response]], _Rpc[_Request, _Response]]:
+    """The gRPC method of a unary RPC, from its handler ``(self, request, call)`` of the same name.
+
+    Every unary RPC has the same shape: the common start of a call (:meth:`MessagingServicer._begin`),
+    the handler, and its errors turned into the response's status (:meth:`MessagingServicer._unary`).
+    """
+
+    def decorate(handler: _Handler[_Request, _Response]) -> _Rpc[_Request, _Response]:
+        rpc_name = handler.__name__
+
+        async def rpc(self: MessagingServicer, request: _Request, context: _Context) -> _Response:
+            return await self._unary(rpc_name, request, handler, response_type, context=context)
+
+        rpc.__name__ = rpc.__qualname__ = rpc_name
+        rpc.__doc__ = handler.__doc__
+        return rpc
+
+    return decorate
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,8 +166,9 @@ class CallContext:
 
 
 # The OK status of every entry of a call: assigning a message field copies it, so one instance can
-# be shared, as long as nothing ever mutates it.
+# be shared, as long as nothing ever mutates it. Merging its bytes into an entry is cheaper still.
 _OK = ok_status()
+_OK_BYTES = _OK.SerializeToString()
 
 
 def _metadata(context: _Context) -> dict[str, str]:
@@ -151,7 +196,9 @@ def _filter_error_status(error: FilterExpressionError) -> definition_pb2.Status:
     return status("ILLEGAL_FILTER_EXPRESSION", f"invalid filter expression: {error.message}")
 
 
-class MessagingServicer(service_pb2_grpc.MessagingServiceServicer):
+class MessagingServicer(service_pb2_grpc.MessagingServiceServicer, extensions_pb2_grpc.ExtensionsServicer):
+    """``apache.rocketmq.v2.MessagingService`` and ``homing.v1.Extensions`` over one broker."""
+
     def __init__(
         self,
         broker: Broker,
@@ -174,6 +221,7 @@ class MessagingServicer(service_pb2_grpc.MessagingServiceServicer):
         )
         self._closing = False
         self._receives: set[asyncio.Task[list[Delivery]]] = set()
+        self._send_stream_readers: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -187,6 +235,8 @@ class MessagingServicer(service_pb2_grpc.MessagingServiceServicer):
         self.telemetry.close_all()
         for task in list(self._receives):
             task.cancel()
+        for reader in list(self._send_stream_readers):
+            reader.cancel()  # read no more: the streams end once their sends in flight are answered
 
     # ------------------------------------------------------------------ common
 
@@ -206,17 +256,36 @@ class MessagingServicer(service_pb2_grpc.MessagingServiceServicer):
         self._broker.clients.seen(client_id)
         return CallContext(client_id, namespace, headers.get("x-mq-language", ""))
 
+    async def _begin_stream(self, context: _Context) -> CallContext:
+        """:meth:`_begin` for a stream: a refusal ends it with a gRPC status (there is no response
+        to carry a protocol status yet)."""
+        try:
+            return self._begin(context)
+        except BrokerError as error:
+            code = (
+                grpc.StatusCode.UNAUTHENTICATED
+                if error.code == "UNAUTHORIZED"
+                else grpc.StatusCode.INVALID_ARGUMENT
+            )
+            await context.abort(code, error.message)
+            raise  # pragma: no cover - abort raises
+
     async def _unary(
         self,
         name: str,
         request: _Request,
-        context: _Context,
-        handler: Callable[[_Request, CallContext], Awaitable[_Response]],
+        handler: _Handler[_Request, _Response],
         response_type: _ResponseType[_Response],
+        *,
+        context: _Context | None = None,
+        call: CallContext | None = None,
     ) -> _Response:
+        """Run ``handler``; errors become the response's status. ``call``: already begun (a stream)."""
         try:
-            call = self._begin(context)
-            response = await handler(request, call)
+            if call is None:
+                assert context is not None
+                call = self._begin(context)
+            response = await handler(self, request, call)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("%s from %s: %s", name, call.client_id, _describe(response))
             return response
@@ -251,14 +320,8 @@ class MessagingServicer(service_pb2_grpc.MessagingServiceServicer):
 
     # ------------------------------------------------------------------ routes, liveness
 
+    @_unary_rpc(service_pb2.QueryRouteResponse)
     async def QueryRoute(
-        self, request: service_pb2.QueryRouteRequest, context: _Context
-    ) -> service_pb2.QueryRouteResponse:
-        return await self._unary(
-            "QueryRoute", request, context, self._query_route, service_pb2.QueryRouteResponse
-        )
-
-    async def _query_route(
         self, request: service_pb2.QueryRouteRequest, call: CallContext
     ) -> service_pb2.QueryRouteResponse:
         topic = self._broker.metadata.topic(call.name(request.topic))
@@ -269,45 +332,23 @@ class MessagingServicer(service_pb2_grpc.MessagingServiceServicer):
         ]
         return service_pb2.QueryRouteResponse(status=ok_status(), message_queues=queues)
 
+    @_unary_rpc(service_pb2.HeartbeatResponse)
     async def Heartbeat(
-        self, request: service_pb2.HeartbeatRequest, context: _Context
-    ) -> service_pb2.HeartbeatResponse:
-        return await self._unary(
-            "Heartbeat", request, context, self._heartbeat, service_pb2.HeartbeatResponse
-        )
-
-    async def _heartbeat(
         self, request: service_pb2.HeartbeatRequest, call: CallContext
     ) -> service_pb2.HeartbeatResponse:
         # _begin marked the client as seen: that is all a heartbeat is for.
         return service_pb2.HeartbeatResponse(status=ok_status())
 
+    @_unary_rpc(service_pb2.NotifyClientTerminationResponse)
     async def NotifyClientTermination(
-        self, request: service_pb2.NotifyClientTerminationRequest, context: _Context
-    ) -> service_pb2.NotifyClientTerminationResponse:
-        return await self._unary(
-            "NotifyClientTermination",
-            request,
-            context,
-            self._notify_client_termination,
-            service_pb2.NotifyClientTerminationResponse,
-        )
-
-    async def _notify_client_termination(
         self, request: service_pb2.NotifyClientTerminationRequest, call: CallContext
     ) -> service_pb2.NotifyClientTerminationResponse:
         self._broker.clients.terminated(call.client_id)
         log.debug("client %s said goodbye", call.client_id)
         return service_pb2.NotifyClientTerminationResponse(status=ok_status())
 
+    @_unary_rpc(service_pb2.QueryAssignmentResponse)
     async def QueryAssignment(
-        self, request: service_pb2.QueryAssignmentRequest, context: _Context
-    ) -> service_pb2.QueryAssignmentResponse:
-        return await self._unary(
-            "QueryAssignment", request, context, self._query_assignment, service_pb2.QueryAssignmentResponse
-        )
-
-    async def _query_assignment(
         self, request: service_pb2.QueryAssignmentRequest, call: CallContext
     ) -> service_pb2.QueryAssignmentResponse:
         topic = self._broker.metadata.topic(call.name(request.topic))
@@ -324,13 +365,6 @@ class MessagingServicer(service_pb2_grpc.MessagingServiceServicer):
 
     # ------------------------------------------------------------------ sending
 
-    async def SendMessage(
-        self, request: service_pb2.SendMessageRequest, context: _Context
-    ) -> service_pb2.SendMessageResponse:
-        return await self._unary(
-            "SendMessage", request, context, self._send_message, service_pb2.SendMessageResponse
-        )
-
     async def _send_message(
         self, request: service_pb2.SendMessageRequest, call: CallContext
     ) -> service_pb2.SendMessageResponse:
@@ -338,38 +372,129 @@ class MessagingServicer(service_pb2_grpc.MessagingServiceServicer):
             raise BrokerError("BAD_REQUEST", "a SendMessage request needs at least one message")
         if len(request.messages) > MAX_ENTRIES_PER_CALL:
             raise BrokerError("BAD_REQUEST", f"at most {MAX_ENTRIES_PER_CALL} messages per SendMessage")
-        outcomes: list[SendReceipt | BrokerError | None] = []
+        outcomes: list[BrokerError | None] = []
         decoded: list[Message] = []
+        names: dict[tuple[str, str], str] = {}  # a batch is usually of one topic: name it once
         for wire in request.messages:
+            resource = wire.topic
+            key = (resource.resource_namespace, resource.name)
             try:
-                decoded.append(decode_message(wire, call.name(wire.topic)))
+                name = names.get(key)
+                if name is None:
+                    name = names[key] = call.name(resource)
+                decoded.append(decode_message(wire, name))
                 outcomes.append(None)
             except BrokerError as error:
                 outcomes.append(error)
         results = iter(await self._broker.send(decoded) if decoded else [])
-        entries: list[service_pb2.SendResultEntry] = []
-        statuses: list[definition_pb2.Status] = []
-        for wire, outcome in zip(request.messages, outcomes, strict=True):
+        # Built in place (entries.add, the shared OK status merged from its bytes): several times
+        # cheaper per entry than making each entry and its status as objects and copying them in.
+        response = service_pb2.SendMessageResponse()
+        add_entry = response.entries.add
+        statuses: list[definition_pb2.Status] | None = None  # only once an entry fails
+        for index, (wire, outcome) in enumerate(zip(request.messages, outcomes, strict=True)):
             result = outcome if outcome is not None else next(results)
             if isinstance(result, BrokerError):
                 message_id = wire.system_properties.message_id
                 if result.code in ("INTERNAL_SERVER_ERROR", "INTERNAL_ERROR"):
                     log.error("send of %s failed: %s", message_id, result.message)
                 entry_status = error_status(result)
-                entries.append(service_pb2.SendResultEntry(status=entry_status, message_id=message_id))
-            else:
-                entry_status = _OK
-                entries.append(
-                    service_pb2.SendResultEntry(
-                        status=entry_status,  # copied: the shared _OK is never mutated
-                        message_id=result.message_id,
-                        transaction_id=result.transaction_id,
-                        offset=result.queue_offset,
-                        recall_handle=result.recall_handle,
-                    )
-                )
-            statuses.append(entry_status)
-        return service_pb2.SendMessageResponse(status=combined_status(statuses), entries=entries)
+                add_entry(status=entry_status, message_id=message_id)
+                if statuses is None:
+                    statuses = [_OK] * index
+                statuses.append(entry_status)
+                continue
+            entry = add_entry(message_id=result.message_id, offset=result.queue_offset)
+            entry.status.MergeFromString(_OK_BYTES)
+            if result.transaction_id:
+                entry.transaction_id = result.transaction_id
+            if result.recall_handle:
+                entry.recall_handle = result.recall_handle
+            if statuses is not None:
+                statuses.append(_OK)
+        if statuses is None:
+            response.status.MergeFromString(_OK_BYTES)
+        else:
+            response.status.CopyFrom(combined_status(statuses))
+        return response
+
+    @_unary_rpc(service_pb2.SendMessageResponse)
+    async def SendMessage(
+        self, request: service_pb2.SendMessageRequest, call: CallContext
+    ) -> service_pb2.SendMessageResponse:
+        return await self._send_message(request, call)
+
+    async def SendStream(
+        self, request_iterator: AsyncIterator[extensions_pb2.StreamedSendRequest], context: _Context
+    ) -> AsyncIterator[extensions_pb2.StreamedSendResponse]:
+        """``homing.v1.Extensions/SendStream``: SendMessage calls as messages of one stream.
+
+        The headers are checked once, when the stream opens (a refusal ends the stream with a gRPC
+        status, as for Telemetry), and the response headers are sent at once. Each request is
+        served as a SendMessage call of its own, all of them concurrently (their appends share
+        group commits), and answered when done, in any order. When the client stops writing, or
+        the broker shuts down, the stream ends once every request read has been answered.
+        """
+        call = await self._begin_stream(context)
+        # Headers now: the client waits for them before writing (see homing.client._extensions).
+        await context.send_initial_metadata(())
+        answers: asyncio.Queue[extensions_pb2.StreamedSendResponse | None] = asyncio.Queue()
+        unanswered = 0
+        room = asyncio.Event()  # set while fewer than MAX_STREAM_IN_FLIGHT are unanswered
+        room.set()
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def answer(item: extensions_pb2.StreamedSendRequest) -> None:
+            nonlocal unanswered
+            try:
+                response = await self._unary(
+                    "SendMessage", item.request, MessagingServicer._send_message,
+                    service_pb2.SendMessageResponse, call=call,
+                )  # fmt: skip
+            finally:
+                unanswered -= 1
+                room.set()
+            answers.put_nowait(
+                extensions_pb2.StreamedSendResponse(request_id=item.request_id, response=response)
+            )
+
+        async def read() -> None:
+            nonlocal unanswered
+            try:
+                if self._closing:
+                    return  # opened while the broker shuts down: answer nothing, end at once
+                async for item in request_iterator:
+                    self._broker.clients.seen(call.client_id)
+                    unanswered += 1
+                    if unanswered >= MAX_STREAM_IN_FLIGHT:
+                        room.clear()
+                    task = asyncio.create_task(answer(item))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                    await room.wait()  # at the limit: read no more until one is answered
+            except asyncio.CancelledError:
+                if not self._closing:
+                    raise
+            except Exception as error:  # the client went away mid-read, or sent garbage
+                log.debug("send stream of %s ended: %r", call.client_id, error)
+            finally:
+                answers.put_nowait(None)  # no more requests
+
+        reader = asyncio.create_task(read())
+        self._send_stream_readers.add(reader)
+        reader.add_done_callback(self._send_stream_readers.discard)
+        reading = True
+        try:
+            while reading or unanswered or not answers.empty():
+                answer_or_end = await answers.get()
+                if answer_or_end is None:
+                    reading = False
+                else:
+                    yield answer_or_end
+        finally:
+            reader.cancel()
+            for task in list(tasks):
+                task.cancel()  # the client is gone: nobody reads these answers
 
     # ------------------------------------------------------------------ receiving
 
@@ -385,42 +510,12 @@ class MessagingServicer(service_pb2_grpc.MessagingServiceServicer):
     async def ReceiveMessage(
         self, request: service_pb2.ReceiveMessageRequest, context: _Context
     ) -> AsyncIterator[service_pb2.ReceiveMessageResponse]:
-        try:
-            call = self._begin(context)
-            topic_resource = request.message_queue.topic
-            topic = call.name(topic_resource)
-            deliveries = await self._receive(request, call, topic, context)
-        except BrokerError as error:
-            if error.code in ("INTERNAL_SERVER_ERROR", "INTERNAL_ERROR"):
-                log.error("ReceiveMessage failed: %s", error.message)
-            yield service_pb2.ReceiveMessageResponse(status=error_status(error))
+        outcome, call, deliveries = await self._receive_outcome("ReceiveMessage", request, context)
+        yield service_pb2.ReceiveMessageResponse(status=outcome)
+        if call is None or not deliveries:
             return
-        except FilterExpressionError as error:
-            yield service_pb2.ReceiveMessageResponse(status=_filter_error_status(error))
-            return
-        except Exception:
-            log.exception("ReceiveMessage failed unexpectedly")
-            yield service_pb2.ReceiveMessageResponse(status=status("INTERNAL_SERVER_ERROR", INTERNAL_MESSAGE))
-            return
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug(
-                "ReceiveMessage from %s: %s",
-                call.client_id,
-                [(delivery.message.message_id, delivery.delivery_attempt) for delivery in deliveries],
-            )
-        if not deliveries:
-            yield service_pb2.ReceiveMessageResponse(
-                status=status("MESSAGE_NOT_FOUND", "no new message, try again later")
-            )
-            return
-        yield service_pb2.ReceiveMessageResponse(status=ok_status())
         now_ms = self._clock.now_ms()
-        resources: dict[str, definition_pb2.Resource] = {}
-        for delivery in deliveries:
-            message_topic = delivery.message.topic
-            resource = resources.get(message_topic)
-            if resource is None:
-                resource = resources[message_topic] = call.resource(message_topic, topic_resource)
+        for delivery, resource in zip(deliveries, self._topics_of(call, request, deliveries), strict=True):
             response = service_pb2.ReceiveMessageResponse()
             encode_delivery(
                 delivery, topic=resource, store_host=self._store_host, now_ms=now_ms, into=response.message
@@ -428,8 +523,82 @@ class MessagingServicer(service_pb2_grpc.MessagingServiceServicer):
             yield response
         yield service_pb2.ReceiveMessageResponse(delivery_timestamp=to_timestamp(now_ms))
 
+    async def ReceiveBatch(
+        self, request: service_pb2.ReceiveMessageRequest, context: _Context
+    ) -> extensions_pb2.ReceiveBatchResponse:
+        """``homing.v1.Extensions/ReceiveBatch``: ReceiveMessage's answer in one response.
+
+        At most ``MAX_BATCH_RESPONSE_BYTES`` of bodies (the first message goes whatever its size):
+        the broker pops no more than that, so nothing popped is held back.
+        """
+        outcome, call, deliveries = await self._receive_outcome(
+            "ReceiveBatch", request, context, max_bytes=MAX_BATCH_RESPONSE_BYTES
+        )
+        response = extensions_pb2.ReceiveBatchResponse(status=outcome)
+        if call is None or not deliveries:
+            return response
+        now_ms = self._clock.now_ms()
+        add = response.messages.add
+        for delivery, resource in zip(deliveries, self._topics_of(call, request, deliveries), strict=True):
+            encode_delivery(delivery, topic=resource, store_host=self._store_host, now_ms=now_ms, into=add())
+        set_timestamp(response.delivery_timestamp, now_ms)
+        return response
+
+    async def _receive_outcome(
+        self,
+        name: str,
+        request: service_pb2.ReceiveMessageRequest,
+        context: _Context,
+        max_bytes: int | None = None,
+    ) -> tuple[definition_pb2.Status, CallContext | None, list[Delivery]]:
+        """The status of a receive, the caller and the deliveries (None and [] after an error)."""
+        try:
+            call = self._begin(context)
+            topic = call.name(request.message_queue.topic)
+            deliveries = await self._receive(request, call, topic, context, max_bytes)
+        except BrokerError as error:
+            if error.code in ("INTERNAL_SERVER_ERROR", "INTERNAL_ERROR"):
+                log.error("%s failed: %s", name, error.message)
+            return error_status(error), None, []
+        except FilterExpressionError as error:
+            return _filter_error_status(error), None, []
+        except Exception:
+            log.exception("%s failed unexpectedly", name)
+            return status("INTERNAL_SERVER_ERROR", INTERNAL_MESSAGE), None, []
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "%s from %s: %s",
+                name,
+                call.client_id,
+                [(delivery.message.message_id, delivery.delivery_attempt) for delivery in deliveries],
+            )
+        if not deliveries:
+            return status("MESSAGE_NOT_FOUND", "no new message, try again later"), call, []
+        return ok_status(), call, deliveries
+
+    @staticmethod
+    def _topics_of(
+        call: CallContext, request: service_pb2.ReceiveMessageRequest, deliveries: list[Delivery]
+    ) -> list[definition_pb2.Resource]:
+        """Each delivery's topic as the client names it (in the namespace of the topic it asked for)."""
+        asked = request.message_queue.topic
+        resources: dict[str, definition_pb2.Resource] = {}
+        found: list[definition_pb2.Resource] = []
+        for delivery in deliveries:
+            message_topic = delivery.message.topic
+            resource = resources.get(message_topic)
+            if resource is None:
+                resource = resources[message_topic] = call.resource(message_topic, asked)
+            found.append(resource)
+        return found
+
     async def _receive(
-        self, request: service_pb2.ReceiveMessageRequest, call: CallContext, topic: str, context: _Context
+        self,
+        request: service_pb2.ReceiveMessageRequest,
+        call: CallContext,
+        topic: str,
+        context: _Context,
+        max_bytes: int | None,
     ) -> list[Delivery]:
         group = call.name(request.group)
         message_filter = _filter_of(request.filter_expression)
@@ -455,6 +624,7 @@ class MessagingServicer(service_pb2_grpc.MessagingServiceServicer):
                 client_id=call.client_id,
                 long_poll_timeout_s=self._long_poll_s(request, context),
                 attempt_id=request.attempt_id if request.HasField("attempt_id") else "",
+                max_bytes=max_bytes,
             )
         )
         self._receives.add(task)
@@ -467,14 +637,8 @@ class MessagingServicer(service_pb2_grpc.MessagingServiceServicer):
                 return []  # cut short by begin_shutdown
             raise
 
+    @_unary_rpc(service_pb2.AckMessageResponse)
     async def AckMessage(
-        self, request: service_pb2.AckMessageRequest, context: _Context
-    ) -> service_pb2.AckMessageResponse:
-        return await self._unary(
-            "AckMessage", request, context, self._ack_message, service_pb2.AckMessageResponse
-        )
-
-    async def _ack_message(
         self, request: service_pb2.AckMessageRequest, call: CallContext
     ) -> service_pb2.AckMessageResponse:
         if not request.entries:
@@ -488,28 +652,29 @@ class MessagingServicer(service_pb2_grpc.MessagingServiceServicer):
         outcomes = await self._broker.ack_many(
             group, topic, [entry.receipt_handle for entry in request.entries]
         )
-        # _OK is shared and never mutated: protobuf copies it into each entry.
-        statuses = [_OK if outcome is None else error_status(outcome) for outcome in outcomes]
-        entries = [
-            service_pb2.AckMessageResultEntry(
-                message_id=entry.message_id, receipt_handle=entry.receipt_handle, status=entry_status
-            )
-            for entry, entry_status in zip(request.entries, statuses, strict=True)
-        ]
-        return service_pb2.AckMessageResponse(status=combined_status(statuses), entries=entries)
+        response = service_pb2.AckMessageResponse()
+        add_entry = response.entries.add
+        statuses: list[definition_pb2.Status] | None = None  # only once an entry fails
+        for index, (entry, outcome) in enumerate(zip(request.entries, outcomes, strict=True)):
+            if outcome is None:
+                added = add_entry(message_id=entry.message_id, receipt_handle=entry.receipt_handle)
+                added.status.MergeFromString(_OK_BYTES)  # in place: see _send_message
+                if statuses is not None:
+                    statuses.append(_OK)
+                continue
+            entry_status = error_status(outcome)
+            add_entry(message_id=entry.message_id, receipt_handle=entry.receipt_handle, status=entry_status)
+            if statuses is None:
+                statuses = [_OK] * index
+            statuses.append(entry_status)
+        if statuses is None:
+            response.status.MergeFromString(_OK_BYTES)
+        else:
+            response.status.CopyFrom(combined_status(statuses))
+        return response
 
+    @_unary_rpc(service_pb2.ChangeInvisibleDurationResponse)
     async def ChangeInvisibleDuration(
-        self, request: service_pb2.ChangeInvisibleDurationRequest, context: _Context
-    ) -> service_pb2.ChangeInvisibleDurationResponse:
-        return await self._unary(
-            "ChangeInvisibleDuration",
-            request,
-            context,
-            self._change_invisible_duration,
-            service_pb2.ChangeInvisibleDurationResponse,
-        )
-
-    async def _change_invisible_duration(
         self, request: service_pb2.ChangeInvisibleDurationRequest, call: CallContext
     ) -> service_pb2.ChangeInvisibleDurationResponse:
         group = call.name(request.group)
@@ -527,18 +692,8 @@ class MessagingServicer(service_pb2_grpc.MessagingServiceServicer):
         )
         return service_pb2.ChangeInvisibleDurationResponse(status=ok_status(), receipt_handle=handle)
 
+    @_unary_rpc(service_pb2.ForwardMessageToDeadLetterQueueResponse)
     async def ForwardMessageToDeadLetterQueue(
-        self, request: service_pb2.ForwardMessageToDeadLetterQueueRequest, context: _Context
-    ) -> service_pb2.ForwardMessageToDeadLetterQueueResponse:
-        return await self._unary(
-            "ForwardMessageToDeadLetterQueue",
-            request,
-            context,
-            self._forward_to_dead_letter,
-            service_pb2.ForwardMessageToDeadLetterQueueResponse,
-        )
-
-    async def _forward_to_dead_letter(
         self, request: service_pb2.ForwardMessageToDeadLetterQueueRequest, call: CallContext
     ) -> service_pb2.ForwardMessageToDeadLetterQueueResponse:
         group = call.name(request.group)
@@ -552,14 +707,8 @@ class MessagingServicer(service_pb2_grpc.MessagingServiceServicer):
 
     # ------------------------------------------------------------------ transactions, recall
 
+    @_unary_rpc(service_pb2.EndTransactionResponse)
     async def EndTransaction(
-        self, request: service_pb2.EndTransactionRequest, context: _Context
-    ) -> service_pb2.EndTransactionResponse:
-        return await self._unary(
-            "EndTransaction", request, context, self._end_transaction, service_pb2.EndTransactionResponse
-        )
-
-    async def _end_transaction(
         self, request: service_pb2.EndTransactionRequest, call: CallContext
     ) -> service_pb2.EndTransactionResponse:
         end_transaction = getattr(self._broker, "end_transaction", None)
@@ -579,14 +728,8 @@ class MessagingServicer(service_pb2_grpc.MessagingServiceServicer):
         )
         return service_pb2.EndTransactionResponse(status=ok_status())
 
+    @_unary_rpc(service_pb2.RecallMessageResponse)
     async def RecallMessage(
-        self, request: service_pb2.RecallMessageRequest, context: _Context
-    ) -> service_pb2.RecallMessageResponse:
-        return await self._unary(
-            "RecallMessage", request, context, self._recall_message, service_pb2.RecallMessageResponse
-        )
-
-    async def _recall_message(
         self, request: service_pb2.RecallMessageRequest, call: CallContext
     ) -> service_pb2.RecallMessageResponse:
         recall = getattr(self._broker, "recall", None)
@@ -604,15 +747,7 @@ class MessagingServicer(service_pb2_grpc.MessagingServiceServicer):
     async def Telemetry(
         self, request_iterator: AsyncIterator[service_pb2.TelemetryCommand], context: _Context
     ) -> AsyncIterator[service_pb2.TelemetryCommand]:
-        try:
-            call = self._begin(context)
-        except BrokerError as error:
-            code = (
-                grpc.StatusCode.UNAUTHENTICATED
-                if error.code == "UNAUTHORIZED"
-                else grpc.StatusCode.INVALID_ARGUMENT
-            )
-            await context.abort(code, error.message)
+        call = await self._begin_stream(context)
         stream = self.telemetry.open(call.client_id, call.namespace)
         if self._closing:
             stream.close()
