@@ -11,7 +11,7 @@ from homing.broker.broker import Broker
 from homing.broker.transactions import CheckRequest
 from homing.clock import Clock
 from homing.config import Address
-from homing.protocol import service_pb2_grpc
+from homing.protocol import extensions_pb2_grpc, service_pb2_grpc
 from homing.server.servicer import MessagingServicer
 
 __all__ = ["GrpcFront", "serve_grpc"]
@@ -38,6 +38,9 @@ async def serve_grpc(broker: Broker, clock: Clock, *, long_polling_timeout_s: fl
         clock=clock,
     )
     service_pb2_grpc.add_MessagingServiceServicer_to_server(servicer, server)
+    # Homing's client uses the extension RPCs when the broker offers them: serve them here too, so
+    # in-process fault runs cover the same paths as a real broker.
+    extensions_pb2_grpc.add_ExtensionsServicer_to_server(servicer, server)
 
     async def check_back(request: CheckRequest) -> bool:
         asked = await servicer.telemetry.recover_orphaned_transaction(
