@@ -45,9 +45,11 @@ from homing.server.servicer import MessagingServicer
 from homing.store import MessageStore, StoreConfig, StoreError
 
 __all__ = [
+    "EXIT_SERVER_CRASHED",
     "EXIT_STARTUP_FAILED",
     "LISTENING_MESSAGE",
     "SHUTDOWN_GRACE_S",
+    "ServerCrashedError",
     "StartupError",
     "broker_options",
     "run_broker",
@@ -58,6 +60,14 @@ __all__ = [
 log = logging.getLogger("homing.server.app")
 
 EXIT_STARTUP_FAILED = 1
+EXIT_SERVER_CRASHED = 3  # the gRPC server stopped on its own: restart the broker
+_TERMINATION_POLL_S = 3600.0
+
+
+class ServerCrashedError(HomingError):
+    """The gRPC server ended without being asked to; the broker shut down cleanly after it."""
+
+
 SHUTDOWN_GRACE_S = 5.0
 LISTENING_MESSAGE = "listening on"
 """Logged (``listening on HOST:PORT (advertised as HOST:PORT)``) once requests are accepted."""
@@ -282,7 +292,7 @@ async def _serve_locked(
     if on_listening is not None:
         on_listening(listen, servicer)
     try:
-        await stop.wait()
+        await _until_stopped_or_deaf(server, stop)
     finally:
         log.info("shutting down")
         servicer.begin_shutdown()
@@ -294,6 +304,40 @@ async def _serve_locked(
             log.error("closing the broker failed: %s", error)
         await asyncio.to_thread(store.close)
         log.info("stopped")
+
+
+async def _until_stopped_or_deaf(server: grpc.aio.Server, stop: asyncio.Event) -> None:
+    """Wait for ``stop``; raise :class:`ServerCrashedError` if the gRPC server ends first.
+
+    grpcio's asyncio server can end its serving task on one bad request (a ``:path`` that is not
+    UTF-8 raises inside grpcio and stops it accepting calls), leaving a process that is up, answers
+    its admin API and refuses every RPC. Restarting the server in the same process is not safe
+    (grpcio has freed state under it), so the broker fails stop instead: a clean shutdown of the
+    store, then a distinct exit status for the supervisor to restart it.
+    """
+    stopped = asyncio.ensure_future(stop.wait())
+    # With a timeout, grpcio waits on a shielded future: cancelling this waiter below must not
+    # cancel the server's own shutdown (without one, it would, and the clean stop would fail).
+    terminated = asyncio.ensure_future(server.wait_for_termination(timeout=_TERMINATION_POLL_S))
+    try:
+        while True:
+            await asyncio.wait((stopped, terminated), return_when=asyncio.FIRST_COMPLETED)
+            if stopped.done():
+                break
+            # True: only the poll timed out. False, or grpcio's own error: the server has ended.
+            if terminated.exception() is not None or not terminated.result():
+                break
+            terminated = asyncio.ensure_future(server.wait_for_termination(timeout=_TERMINATION_POLL_S))
+    finally:
+        for waiter in (stopped, terminated):
+            waiter.cancel()
+    if not stop.is_set():
+        log.critical(
+            "the gRPC server stopped serving on its own (a grpcio failure, logged above); shutting "
+            "down cleanly and exiting with status %d so that a supervisor restarts the broker",
+            EXIT_SERVER_CRASHED,
+        )
+        raise ServerCrashedError("the gRPC server stopped serving")
 
 
 def _configure_logging(settings: BrokerSettings) -> None:
@@ -321,3 +365,6 @@ def run_broker(settings: BrokerSettings) -> None:
     except StartupError as error:
         print(f"homing: cannot start the broker: {error}", file=sys.stderr, flush=True)
         raise SystemExit(EXIT_STARTUP_FAILED) from None
+    except ServerCrashedError as error:
+        print(f"homing: {error}; the broker shut down, restart it", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_SERVER_CRASHED) from None
