@@ -6,7 +6,8 @@
   crash. A send stores exactly the entries it answers OK for (consume-queue entries are counted
   before and after), nothing of the others.
 - Frames: arbitrary bytes as gRPC request payloads and as raw TCP streams to a served broker: it
-  answers or closes, and keeps serving.
+  answers or closes, and keeps serving. (Malformed and mutated HTTP/2 frames on real connections:
+  test_fuzz_frames.py.)
 - Receipt handles and filter expressions: arbitrary text, and mutations of valid handles; refused
   with INVALID_RECEIPT_HANDLE / a filter error, never taking effect on another message.
 - Record bytes on disk: arbitrary damage to a commit-log segment of a store whose contents are
@@ -24,6 +25,7 @@ import logging
 import random
 import socket
 import string
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -70,13 +72,53 @@ class _Context:
 
 
 class _CrashLog(logging.Handler):
+    """What a crash looks like in the logs, counted while a fuzz test runs.
+
+    Homing's loggers: an unexpected exception ("failed unexpectedly", or a traceback). gRPC's
+    server and asyncio: any error, except gRPC's own logs of malformed input it rejected, counted
+    apart: a request payload that is not the method's protobuf (gRPC's deserializer raises before
+    the servicer, and the call is answered UNKNOWN), an answer or error status that finds the call
+    gone (its stream reset, its connection closed), and header values that are not UTF-8 (the call
+    goes on with the bytes).
+    """
+
+    LOGGERS = ("homing", "grpc", "asyncio")
+
     def __init__(self) -> None:
         super().__init__(logging.ERROR)
         self.crashes: list[str] = []
+        self.rejections: Counter[str] = Counter()
 
     def emit(self, record: logging.LogRecord) -> None:
-        if "unexpectedly" in record.getMessage() or record.exc_info:
-            self.crashes.append(record.getMessage())
+        text = record.getMessage()
+        error = record.exc_info[1] if record.exc_info else None
+        if error is None and isinstance(record.msg, BaseException):
+            error = record.msg  # grpc logs its serving task's crash as _LOGGER.exception(error)
+        if isinstance(error, DecodeError) and text.startswith("Unexpected [DecodeError] raised by servicer"):
+            self.rejections["request payloads not their protobuf (gRPC logs them)"] += 1
+        elif type(error).__name__ == "ExecuteBatchError" and (
+            text == "Failed sending error status from server"
+            or text.startswith("ExecuteBatchError raised in core by servicer method")
+        ):
+            self.rejections["answers to calls their connection had dropped (gRPC logs them)"] += 1
+        elif isinstance(error, UnicodeDecodeError) and text.startswith("Invalid encoding on"):
+            self.rejections["header values not UTF-8 (gRPC logs them)"] += 1
+        elif record.name.startswith("homing") and not ("unexpectedly" in text or record.exc_info):
+            return  # an error Homing reports (a refused write, say), not an exception it did not expect
+        else:
+            self.crashes.append(f"{record.name}: {text}" + (f" ({error!r})" if error is not None else ""))
+
+    def install(self) -> _CrashLog:
+        for name in self.LOGGERS:
+            logging.getLogger(name).addHandler(self)
+        return self
+
+    def remove(self) -> None:
+        for name in self.LOGGERS:
+            logging.getLogger(name).removeHandler(self)
+
+    def notes(self) -> list[str]:
+        return [f"{count} {what}" for what, count in sorted(self.rejections.items())]
 
 
 @dataclass
@@ -190,8 +232,7 @@ def _wire_messages(draw: st.DrawFn) -> definition_pb2.Message:
 
 def test_malformed_requests_are_refused_cleanly_and_never_partially_written(fault_run: FaultRun) -> None:
     tally = _Tally()
-    crash_log = _CrashLog()
-    logging.getLogger("homing").addHandler(crash_log)
+    crash_log = _CrashLog().install()
     runner = _Loop()
     node = InProcessBroker(fault_run.seed)
     partial: list[str] = []
@@ -230,7 +271,7 @@ def test_malformed_requests_are_refused_cleanly_and_never_partially_written(faul
         arbitrary_bytes()
         structured_sends()
     finally:
-        logging.getLogger("homing").removeHandler(crash_log)
+        crash_log.remove()
         runner.run(node.stop())
         runner.close()
     tally.crashes = crash_log.crashes
@@ -328,8 +369,7 @@ def test_malformed_frames_over_the_wire_leave_the_broker_serving(fault_run: Faul
     rng = random.Random(fault_run.seed)
     examples = fault_run.profile.raw_frame_examples
     tally = _Tally()
-    crash_log = _CrashLog()
-    logging.getLogger("homing").addHandler(crash_log)
+    crash_log = _CrashLog().install()
 
     async def scenario() -> None:
         node = InProcessBroker(fault_run.seed, clock=SystemClock())
@@ -380,6 +420,7 @@ def test_malformed_frames_over_the_wire_leave_the_broker_serving(fault_run: Faul
             report.effect_violations.update(
                 {f"crash {i}": crash for i, crash in enumerate(crash_log.crashes)}
             )
+            report.notes += crash_log.notes()
             fault_run.record(report)
         finally:
             await front.stop()
@@ -388,7 +429,7 @@ def test_malformed_frames_over_the_wire_leave_the_broker_serving(fault_run: Faul
     try:
         asyncio.run(scenario())
     finally:
-        logging.getLogger("homing").removeHandler(crash_log)
+        crash_log.remove()
 
 
 async def _check_without_clock(workload: InProcessWorkload) -> CheckReport:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import errno
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -151,6 +152,20 @@ def test_usage(disk_root: tuple[Disk, str]) -> None:
     assert 0.0 <= usage.used_ratio <= 1.0
     with pytest.raises(FileNotFoundError):
         disk.usage(f"{root}/missing")
+
+
+def test_os_disk_usage_is_what_df_shows(tmp_path: Path) -> None:
+    # The guard's ratio must be the one operators read in df, not one inflated by root's reserve.
+    shown = (
+        subprocess.run(["df", "-P", str(tmp_path)], capture_output=True, text=True, check=True)
+        .stdout.splitlines()[-1]
+        .split()
+    )
+    used_kib, available_kib, percent = int(shown[2]), int(shown[3]), int(shown[4].rstrip("%"))
+    usage = OsDisk().usage(str(tmp_path))
+    assert abs(usage.used_bytes / 1024 - used_kib) < 64 * 1024  # other writers between the calls
+    assert abs(usage.total_bytes / 1024 - (used_kib + available_kib)) < 64 * 1024
+    assert percent - 1 <= usage.used_ratio * 100 <= percent  # df rounds its percentage up
 
 
 # -- durability

@@ -58,6 +58,7 @@ class Profile:
     clock_jump_rounds: int  # fault 13
     fuzz_examples: int  # fault 14: hypothesis examples per fuzz target
     raw_frame_examples: int  # fault 14: raw bytes sent over a real socket
+    frame_fuzz_examples: int  # fault 14: HTTP/2 exchanges (malformed and mutated frames)
     eio_rounds: int  # fault 7
 
 
@@ -77,6 +78,7 @@ PROFILES = {
         clock_jump_rounds=3,
         fuzz_examples=1500,
         raw_frame_examples=300,
+        frame_fuzz_examples=4000,
         eio_rounds=4,
     ),
     "soak": Profile(
@@ -94,6 +96,7 @@ PROFILES = {
         clock_jump_rounds=20,
         fuzz_examples=25_000,
         raw_frame_examples=5_000,
+        frame_fuzz_examples=60_000,
         eio_rounds=30,
     ),
 }
