@@ -175,8 +175,9 @@ async def wait_durable(store: MessageStore, end_offset: int) -> None:
     finally:
         timer.cancel()
     if store.fenced:
-        # A write failed elsewhere while this one waited (the flusher fails only the waiters of a
-        # failed sync): once the store is fenced, nothing more is confirmed.
+        # The store already fails every waiter its fence catches; a write covered by a sync published
+        # just before the fence may still be released after it. The protocol promise is stricter:
+        # after the first error a client sees, no OK follows.
         raise _durability_error(StoreFencedError("the store was fenced before this write could be confirmed"))
 
 
@@ -210,8 +211,7 @@ class _Batch:
     def settle(self, error: BaseException | None) -> None:
         self._timer.cancel()
         if error is None and self._store.fenced:
-            # A write failed elsewhere while this one waited (the flusher fails only the waiters
-            # of a failed sync): once the store is fenced, nothing more is confirmed.
+            # As in wait_durable: a release that reaches the loop after the fence is not an OK.
             error = StoreFencedError("the store was fenced before this write could be confirmed")
         for (_, future), result in zip(self._parts, self._results, strict=True):
             if future.done():  # settled already (a timeout), or the caller was cancelled

@@ -176,6 +176,16 @@ class BrokerProcess:
                 )
             time.sleep(0.05)
 
+    def wait_exit(self, timeout_s: float) -> int | None:
+        """Wait for the broker to end on its own: its exit status, or None if still running."""
+        process = self._process
+        if process is None:
+            return None
+        try:
+            return process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            return None
+
     def stop(self, timeout_s: float = 30.0) -> int:
         """SIGTERM and wait: the exit status (0 for a clean shutdown). Kills it after ``timeout_s``."""
         process = self._process

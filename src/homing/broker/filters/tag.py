@@ -13,7 +13,7 @@ skip most non-matching messages without reading them from the commit log. A comp
 (:meth:`TagFilter.matches`) decides, because distinct tags may share a hash.
 
 RocketMQ uses Java's 32-bit ``String.hashCode`` for this; it collides easily and is only
-meaningful inside a JVM. Homing uses the first 8 bytes of BLAKE2b instead: deterministic across
+meaningful inside a JVM. Homing uses BLAKE2b with an 8-byte digest instead: deterministic across
 processes, machines and Python versions (unlike :func:`hash`), with 0 reserved for "no tag".
 
 Deliberate deviations from RocketMQ (``FilterAPI.buildSubscriptionData``)
